@@ -1,0 +1,124 @@
+"""Plain records shared by the store, the worker and the front ends: the job and the events about it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class Job:
+    id: str
+    user: str                       # "<platform>:<user id>", unique across platforms
+    prompt_raw: str
+    prompt: str                     # the built prompt the model sees
+    preset: str
+    seed: int
+    image_path: str
+    platform: str = "cli"
+    chat: str = ""
+    user_name: str = ""
+    locale: str = "en"
+    negative_prompt: str = ""
+    status_ref: str = ""            # front end's reference to its status message (JSON text)
+    options: dict[str, Any] = field(default_factory=dict)   # camera, speed, hints, parent job...
+    state: JobState = JobState.QUEUED
+    step: int = 0
+    total_steps: int = 0
+    width: int = 0
+    height: int = 0
+    frames: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    error: str = ""
+    result_path: str = ""
+    fell_back: str = ""             # name of the preset used after an out-of-memory fall-back
+    cancel_requested: bool = False
+    worker: str = ""
+    delivered: bool = False         # the front end has posted the final message
+    seq: int = 0                    # store-wide change counter of the last update
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = str(self.state)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        d = dict(d)
+        d["state"] = JobState(d["state"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.time()) - self.started_at
+
+
+# ---- events a front end receives from JobService.events(job_id) ----
+
+@dataclass(frozen=True)
+class Queued:
+    position: int             # 1 = next to start
+    eta_s: float              # until this job is done
+    moved: int = 0            # >0: moved back this many places (another user's job went ahead), <0: moved up
+    retry: bool = False       # re-queued after its worker died
+
+
+@dataclass(frozen=True)
+class Started:
+    warming_up: bool = False  # the worker is still loading the model
+
+
+@dataclass(frozen=True)
+class Step:
+    step: int
+    total: int
+    eta_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class FellBack:
+    preset: str
+
+
+@dataclass(frozen=True)
+class Done:
+    job: Job
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+    job: Job
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job: Job
+
+
+Event = Queued | Started | Step | FellBack | Done | Failed | Cancelled

@@ -1,0 +1,10 @@
+"""Shared test setup: one torch thread, no proxies, and the repository root on the path."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(var, None)
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
