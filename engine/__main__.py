@@ -1,0 +1,267 @@
+"""`python -m engine generate|submit|worker|jobs|cancel|bench`.
+
+Exit codes: 0 ok, 2 bad input or usage (one line on stderr), 1 internal error. Input is checked before
+torch is imported, so a refusal is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from engine.config import Config, load_config
+from engine.errors import ModelError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UserError(f"{self.prog}: {message}", "usage")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="config file (default ./config.toml)")
+
+
+def _store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None, help="SQLite file path or redis:// URL (default from config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m engine", description="Render engine and job queue.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="render one video now")
+    g.add_argument("image")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative", default=None)
+    g.add_argument("--preset", default="quick")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--model", default=None, help="hub id, local folder, or 'tiny'")
+    g.add_argument("--camera", default=None)
+    g.add_argument("--speed", default=None)
+    g.add_argument("--out", default=None)
+    g.add_argument("--json", action="store_true", help="one JSON object per step on stdout")
+    _common(g)
+
+    s = sub.add_parser("submit", help="queue a job; prints the job id")
+    s.add_argument("image")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--user", required=True)
+    s.add_argument("--preset", default="quick")
+    s.add_argument("--seed", type=int, default=None)
+    _store(s)
+    _common(s)
+
+    w = sub.add_parser("worker", help="run the GPU worker until SIGTERM")
+    _store(w)
+    w.add_argument("--model", default=None)
+    _common(w)
+
+    j = sub.add_parser("jobs", help="list jobs: id state user preset position")
+    _store(j)
+    j.add_argument("--json", action="store_true")
+    _common(j)
+
+    c = sub.add_parser("cancel", help="cancel a queued or running job")
+    c.add_argument("job")
+    _store(c)
+    _common(c)
+
+    b = sub.add_parser("bench", help="timings side by side")
+    b.add_argument("--model", default="tiny", choices=["tiny", "random-full"])
+    b.add_argument("--repeat", type=int, default=3)
+    _common(b)
+    return parser
+
+
+def _config(args) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "store", None):
+        config.storage.url = args.store
+    if getattr(args, "model", None) and args.command != "bench":
+        config.engine.model = args.model
+    return config
+
+
+def _validated_input(config: Config, image: str, prompt: str):
+    from engine.validate import check_prompt, load_image_file
+
+    lim = config.limits
+    img = load_image_file(image, max_bytes=lim.max_image_bytes, max_pixels=lim.max_image_pixels,
+                          min_side=lim.min_image_side)
+    text = check_prompt(prompt, max_chars=lim.max_prompt_chars, blocked_words=lim.blocked_words)
+    return img, text
+
+
+def _build_prompt(text: str, camera: str | None, speed: str | None) -> str:
+    from engine.prompts import PromptSpec, build_prompt, load_templates, normalize_choice
+
+    spec = PromptSpec(text, camera=normalize_choice(camera) if camera else None,
+                      speed=normalize_choice(speed) if speed else None)
+    return build_prompt(spec, load_templates())
+
+
+def _resolve_preset(config: Config, name: str, prompt: str, image) -> str:
+    if name != "auto":
+        config.preset(name)
+        return name
+    from engine.detail import image_detail
+    from engine.prompts import resolve_auto_preset, step_advice
+
+    return resolve_auto_preset(step_advice(prompt, image_detail(image).score))
+
+
+class _ProgressBar:
+    """A one-line progress bar with ETA on a terminal (stderr), or JSON lines on stdout."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, step: int, total: int, elapsed: float) -> None:
+        eta = elapsed / step * (total - step) if step else 0.0
+        if self.as_json:
+            print(json.dumps({"step": step, "total": total, "elapsed_s": round(elapsed, 3),
+                              "eta_s": round(eta, 2)}), flush=True)
+        elif self.tty:
+            width = 30
+            filled = round(width * step / total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} "
+                             f"{elapsed:5.1f}s elapsed, ETA {eta:4.1f}s ")
+            sys.stderr.flush()
+            if step == total:
+                sys.stderr.write("\n")
+
+
+def cmd_generate(args) -> int:
+    config = _config(args)
+    image, text = _validated_input(config, args.image, args.prompt)
+    prompt = _build_prompt(text, args.camera, args.speed)
+    preset_name = _resolve_preset(config, args.preset, text, image)
+    out = Path(args.out) if args.out else Path(args.image).with_suffix(".mp4")
+
+    from engine.model import load_model
+    from engine.renderer import Renderer
+    from engine.video import write_mp4
+
+    eng = config.engine
+    parts = load_model(eng.model, eng.device, eng.low_vram if isinstance(eng.low_vram, bool) else None)
+    renderer = Renderer(parts, decode_chunk_size=eng.decode_chunk_size)
+    seed = args.seed if args.seed is not None else int(time.time() * 1000) % (2**31)
+    bar = _ProgressBar(args.json)
+
+    def on_fallback(preset) -> None:
+        msg = f"GPU out of memory: falling back to the '{preset.name}' preset"
+        if args.json:
+            print(json.dumps({"fell_back": preset.name}), flush=True)
+        else:
+            print(msg, file=sys.stderr)
+
+    result = renderer.render(image, prompt, args.negative if args.negative is not None else eng.negative_prompt,
+                             config.presets[preset_name], seed, config.presets, on_step=bar,
+                             on_fallback=on_fallback)
+    path = write_mp4(result.frames, out, fps=result.fps)
+    if args.json:
+        print(json.dumps({"path": str(path), "seed": seed, "preset": result.preset.name,
+                          "fell_back": result.fell_back, "seconds": round(result.seconds, 3),
+                          "width": result.width, "height": result.height}), flush=True)
+    else:
+        print(path)
+    return 0
+
+
+async def _with_service(config: Config, fn):
+    from engine.service import JobService
+
+    async with JobService(config) as service:
+        return await fn(service)
+
+
+def cmd_submit(args) -> int:
+    config = _config(args)
+    image, text = _validated_input(config, args.image, args.prompt)
+    preset = _resolve_preset(config, args.preset, text, image)
+
+    async def go(service):
+        return await service.submit(user=args.user, image=image, prompt_raw=text, prompt=_build_prompt(text, None, None),
+                                    preset=preset, seed=args.seed, platform="cli", user_name=args.user)
+    job = asyncio.run(_with_service(config, go))
+    print(job.id)
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    config = _config(args)
+
+    async def go(service):
+        queued = await service.store.queued()
+        positions = {j.id: i for i, j in enumerate(queued, 1)}
+        return await service.store.jobs(limit=100000), positions
+    jobs, positions = asyncio.run(_with_service(config, go))
+    for job in jobs:
+        pos = positions.get(job.id)
+        if args.json:
+            print(json.dumps({"id": job.id, "state": str(job.state), "user": job.user, "preset": job.preset,
+                              "position": pos}))
+        else:
+            print(f"{job.id} {job.state} {job.user} {job.preset} {pos if pos is not None else '-'}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    config = _config(args)
+
+    async def go(service):
+        job = await service.store.get(args.job)
+        if job is None:
+            raise UserError(f"No job with id {args.job}.", "unknown_job")
+        return await service.cancel(job.id, by_user=job.user, is_admin=True)
+    job = asyncio.run(_with_service(config, go))
+    print(f"{job.id} {'cancelled' if job.state == 'cancelled' else 'cancel requested'}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from engine.worker import run_worker
+
+    config = _config(args)
+    asyncio.run(run_worker(config))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from engine.bench import run_bench
+
+    print(run_bench(model=args.model, repeat=args.repeat))
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "submit": cmd_submit, "worker": cmd_worker, "jobs": cmd_jobs,
+            "cancel": cmd_cancel, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UserError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        logging.getLogger("engine").exception("internal error")
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

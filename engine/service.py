@@ -1,0 +1,417 @@
+"""The one door front ends use: submit, follow, cancel and manage jobs. Knows nothing about chat platforms.
+
+A single watcher task per process polls the store's change counter and fans events out to every
+subscriber, so following 500 jobs costs one indexed query per poll, not 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.errors import UserError
+from engine.eta import EtaModel
+from engine.jobs import (
+    Cancelled,
+    Done,
+    Event,
+    Failed,
+    FellBack,
+    Job,
+    JobState,
+    Queued,
+    Started,
+    Step,
+    new_job_id,
+)
+from engine.store import Limits, Store, open_store
+
+log = logging.getLogger("engine.service")
+
+FINAL_EVENTS = (Done, Failed, Cancelled)
+
+
+@dataclass
+class _Follower:
+    """What one subscriber has been told so far, so only changes become events."""
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    state: JobState | None = None
+    step: int = -1
+    position: int = 0
+    eta_s: float = -1.0
+    fell_back: str = ""
+
+
+def private_file(path: Path, data: bytes | None = None) -> None:
+    """Files in the data folder hold people's photos: readable by the bot's user only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if data is not None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    os.chmod(path, 0o600)
+
+
+class JobService:
+    def __init__(self, config: Config, store: Store | None = None, poll_interval_s: float = 0.1):
+        self.config = config
+        self.store = store or open_store(config.storage.url)
+        self.poll_interval_s = poll_interval_s
+        self.data_dir = Path(config.storage.data_dir)
+        self._followers: dict[str, list[_Follower]] = {}
+        self._seq = 0
+        self._watcher: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> JobService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.store.open()
+        self._seq = await self.store.get_meta("seq", 0) or 0  # follow changes from now on
+        self._watcher = asyncio.create_task(self._watch(), name="job-watcher")
+
+    async def close(self) -> None:
+        if self._watcher:
+            # A flag, not only cancel(): wait_for() in Python 3.11 can swallow a cancellation.
+            self._closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._watcher, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            self._watcher = None
+        await self.store.close()
+
+    # ---- submitting ----
+
+    def limits(self) -> Limits:
+        q = self.config.queue
+        return Limits(per_user=q.per_user, max_length=q.max_length, jobs_per_hour=q.jobs_per_hour)
+
+    async def submit(self, *, user: str, image: Any, prompt_raw: str, prompt: str | None = None,
+                     preset: str = "quick", seed: int | None = None, negative_prompt: str = "",
+                     platform: str = "cli", chat: str = "", user_name: str = "", locale: str = "en",
+                     status_ref: str = "", options: dict[str, Any] | None = None) -> Job:
+        """Queue a job. `image` is a validated RGB PIL image, or a path of one already in the data folder.
+
+        Raises UserError with the reason when the queue, the user's limits or a ban refuse it.
+        """
+        if user in await self.store.get_meta("bans", {}):
+            raise UserError("You are not allowed to use this bot here.", "banned")
+        spec = self.config.preset(preset)
+        job_id = new_job_id()
+        image_path = self.data_dir / "images" / f"{job_id}.png"
+        width, height = await asyncio.to_thread(self._save_image, image, image_path)
+        w, h = spec.size_for(width, height)
+        job = Job(
+            id=job_id, user=user, prompt_raw=prompt_raw, prompt=prompt if prompt is not None else prompt_raw,
+            preset=spec.name, seed=secrets.randbelow(2**31) if seed is None else int(seed),
+            image_path=str(image_path), platform=platform, chat=str(chat), user_name=user_name,
+            locale=locale, negative_prompt=negative_prompt, status_ref=status_ref, options=dict(options or {}),
+            total_steps=spec.steps, width=w, height=h, frames=spec.frames,
+        )
+        try:
+            job = await self.store.submit(job, self.limits())
+        except BaseException:
+            image_path.unlink(missing_ok=True)
+            raise
+        log.info("job %s queued user=%s preset=%s %dx%dx%d", job.id, user, job.preset, w, h, job.frames)
+        self._wake.set()
+        return job
+
+    @staticmethod
+    def _save_image(image: Any, path: Path) -> tuple[int, int]:
+        from PIL import Image
+
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                size = im.size
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(image, path)
+            private_file(path)
+            return size
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", compress_level=1)
+        return image.size
+
+    async def resubmit(self, source: Job | str, *, user: str, preset: str | None = None, new_seed: bool = False,
+                       **fields: Any) -> Job:
+        """HQ render or re-roll of an earlier job: same image and prompt, same seed unless new_seed."""
+        src = await self.require(source) if isinstance(source, str) else source
+        if src.options.get("expired") or not Path(src.image_path).exists():
+            raise UserError("This video has expired; please send the image again.", "expired")
+        options = {**src.options, "parent": src.id}
+        options.pop("retried", None)
+        options.update(fields.pop("options", {}))
+        args = dict(
+            user=user, image=src.image_path, prompt_raw=src.prompt_raw, prompt=src.prompt,
+            preset=preset or src.preset, seed=None if new_seed else src.seed, negative_prompt=src.negative_prompt,
+            platform=src.platform, chat=src.chat, locale=src.locale, options=options,
+        )
+        args.update(fields)
+        return await self.submit(**args)
+
+    # ---- reading ----
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.store.get(job_id)
+
+    async def require(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None or job.options.get("expired"):
+            raise UserError("This job has expired or no longer exists.", "expired")
+        return job
+
+    async def eta_model(self) -> EtaModel:
+        q = self.config.queue
+        return EtaModel(await self.store.step_times(), dict(q.default_step_s), q.default_overhead_s)
+
+    async def alive_workers(self) -> int:
+        return sum(1 for w in await self.store.workers() if w.alive)
+
+    async def queue_snapshot(self) -> tuple[list[Job], dict[str, float]]:
+        """Queued jobs in fair order and each one's ETA (seconds until done)."""
+        queued, running = await self.store.queued(), await self.store.running()
+        model = await self.eta_model()
+        return queued, model.queue_etas(queued, running, max(1, await self.alive_workers()))
+
+    async def position(self, job_id: str) -> int | None:
+        queued = await self.store.queued()
+        for i, job in enumerate(queued, 1):
+            if job.id == job_id:
+                return i
+        return None
+
+    async def user_jobs(self, user: str) -> list[tuple[Job, int | None, float | None]]:
+        """A user's waiting and running jobs with position (None when rendering) and ETA."""
+        queued, etas = await self.queue_snapshot()
+        positions = {j.id: i for i, j in enumerate(queued, 1)}
+        model = await self.eta_model()
+        out = []
+        for job in await self.store.jobs(user=user, states=[JobState.QUEUED, JobState.RUNNING]):
+            eta = etas.get(job.id) if job.state == JobState.QUEUED else model.remaining_s(job)
+            out.append((job, positions.get(job.id), eta))
+        return out
+
+    async def stats(self) -> dict[str, Any]:
+        since = time.time() - 86400
+        today: dict[str, int] = {}
+        for job in await self.store.jobs(limit=100000):
+            if job.created_at >= since:
+                today[str(job.state)] = today.get(str(job.state), 0) + 1
+        workers = await self.store.workers()
+        return {
+            "queued": len(await self.store.queued()),
+            "running": len(await self.store.running()),
+            "paused": bool(await self.store.get_meta("paused", False)),
+            "workers": [{"owner": w.owner, "state": w.state if w.alive else "gone"} for w in workers],
+            "today": today,
+            "banned": len(await self.store.get_meta("bans", {})),
+        }
+
+    async def worker_state(self) -> str:
+        """"ready", "busy", "loading" (GPU warming up) or "none" (no live worker)."""
+        states = [w.state for w in await self.store.workers() if w.alive]
+        for s in ("ready", "busy", "loading"):
+            if s in states:
+                return s
+        return "none"
+
+    # ---- changing ----
+
+    async def cancel(self, job_id: str, by_user: str, is_admin: bool = False) -> Job:
+        job = await self.require(job_id)
+        if job.user != by_user and not is_admin:
+            raise UserError("Only the person who asked for this video (or an admin) can cancel it.", "not_owner")
+        if job.state.final:
+            return job
+        job = await self.store.cancel(job_id)
+        log.info("job %s cancel requested by %s (was %s)", job_id, by_user, job.state)
+        self._wake.set()
+        return job
+
+    async def set_status_ref(self, job_id: str, ref: str) -> Job:
+        return await self.store.update(job_id, status_ref=ref)
+
+    async def mark_delivered(self, job_id: str, **fields: Any) -> Job:
+        return await self.store.update(job_id, delivered=True, **fields)
+
+    async def undelivered(self, platform: str) -> list[Job]:
+        """Jobs of a platform whose user has not yet been told the outcome: followed again after a restart."""
+        return [j for j in await self.store.jobs(limit=100000)
+                if j.platform == platform and not j.delivered and not j.options.get("expired")]
+
+    async def delete(self, job_id: str, by_user: str, is_admin: bool = False) -> Job:
+        """Delete a finished job's files (the Delete button); the record stays, marked expired."""
+        job = await self.require(job_id)
+        if job.user != by_user and not is_admin:
+            raise UserError("Only the person who asked for this video (or an admin) can delete it.", "not_owner")
+        if not job.state.final:
+            await self.cancel(job_id, by_user, is_admin)
+        self._remove_files(job)
+        return await self.store.update(job_id, options={**job.options, "expired": True}, delivered=True)
+
+    async def pause(self) -> None:
+        await self.store.set_meta("paused", True)
+
+    async def resume(self) -> None:
+        await self.store.set_meta("paused", False)
+        self._wake.set()
+
+    async def paused(self) -> bool:
+        return bool(await self.store.get_meta("paused", False))
+
+    async def ban(self, user: str, reason: str = "") -> None:
+        bans = await self.store.get_meta("bans", {})
+        bans[user] = {"at": time.time(), "reason": reason}
+        await self.store.set_meta("bans", bans)
+        for job in await self.store.jobs(user=user, states=[JobState.QUEUED]):
+            await self.store.cancel(job.id)
+
+    async def unban(self, user: str) -> None:
+        bans = await self.store.get_meta("bans", {})
+        bans.pop(user, None)
+        await self.store.set_meta("bans", bans)
+
+    async def forget(self, user: str) -> int:
+        """Delete every job, image and result of a user. Running jobs are cancelled first."""
+        jobs = await self.store.jobs(user=user, limit=100000)
+        for job in jobs:
+            if not job.state.final:
+                await self.store.cancel(job.id)
+            self._remove_files(job)
+        await self.store.delete_jobs(j.id for j in jobs)
+        log.info("forgot %d jobs of %s", len(jobs), user)
+        return len(jobs)
+
+    async def expire_old(self, now: float | None = None) -> int:
+        """Remove images and results of finished jobs past the retention time; their buttons then say so."""
+        cutoff = (now or time.time()) - self.config.storage.retention_days * 86400
+        count = 0
+        for job in await self.store.jobs(states=[JobState.DONE, JobState.FAILED, JobState.CANCELLED],
+                                         limit=100000):
+            if (job.finished_at or job.created_at) < cutoff and not job.options.get("expired"):
+                self._remove_files(job)
+                await self.store.update(job.id, options={**job.options, "expired": True})
+                count += 1
+        return count
+
+    @staticmethod
+    def _remove_files(job: Job) -> None:
+        for p in (job.image_path, job.result_path):
+            if p:
+                Path(p).unlink(missing_ok=True)
+
+    # ---- following ----
+
+    async def events(self, job_id: str) -> AsyncIterator[Event]:
+        """Events of one job, starting with its current state, ending after its final event."""
+        follower = _Follower()
+        self._followers.setdefault(job_id, []).append(follower)
+        try:
+            job = await self.store.get(job_id)
+            if job is None:
+                raise UserError("This job has expired or no longer exists.", "expired")
+            await self._emit_for(job, [follower])
+            while True:
+                event = await follower.queue.get()
+                yield event
+                if isinstance(event, FINAL_EVENTS):
+                    return
+        finally:
+            followers = self._followers.get(job_id, [])
+            if follower in followers:
+                followers.remove(follower)
+            if not followers:
+                self._followers.pop(job_id, None)
+
+    async def _watch(self) -> None:
+        while not self._closing:
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watcher must outlive a passing store error
+                log.exception("job watcher poll failed")
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+
+    async def _poll_once(self) -> None:
+        jobs, seq = await self.store.changes_since(self._seq)
+        if not jobs and seq == self._seq:
+            return
+        self._seq = seq
+        if not self._followers:
+            return
+        changed = {j.id: j for j in jobs}
+        # Any change may move queued jobs: refresh every followed queued job's position too.
+        queued, etas = await self.queue_snapshot()
+        positions = {j.id: i for i, j in enumerate(queued, 1)}
+        for job_id, followers in list(self._followers.items()):
+            job = changed.get(job_id)
+            if job is None and job_id in positions:
+                job = next(j for j in queued if j.id == job_id)
+            if job is not None:
+                await self._emit_for(job, followers, positions, etas)
+
+    async def _emit_for(self, job: Job, followers: list[_Follower],
+                        positions: dict[str, int] | None = None, etas: dict[str, float] | None = None) -> None:
+        if job.state == JobState.QUEUED and positions is None:
+            queued, etas = await self.queue_snapshot()
+            positions = {j.id: i for i, j in enumerate(queued, 1)}
+        model = None
+        for f in followers:
+            for event in await self._diff(job, f, positions or {}, etas or {}, model):
+                f.queue.put_nowait(event)
+
+    async def _diff(self, job: Job, f: _Follower, positions: dict[str, int], etas: dict[str, float],
+                    model: EtaModel | None) -> list[Event]:
+        events: list[Event] = []
+        if job.state == JobState.QUEUED:
+            pos, eta = positions.get(job.id, 0), etas.get(job.id, 0.0)
+            retry = bool(job.options.get("retried")) and f.state == JobState.RUNNING
+            if f.state != JobState.QUEUED or pos != f.position or abs(eta - f.eta_s) > max(3.0, 0.1 * f.eta_s):
+                moved = pos - f.position if f.state == JobState.QUEUED and f.position else 0
+                events.append(Queued(pos, eta, moved, retry))
+                f.position, f.eta_s = pos, eta
+            if retry:
+                f.step = -1
+        elif job.state == JobState.RUNNING:
+            if f.state != JobState.RUNNING:
+                events.append(Started(warming_up=await self.worker_state() == "loading"))
+            if job.fell_back and job.fell_back != f.fell_back:
+                events.append(FellBack(job.fell_back))
+                f.fell_back = job.fell_back
+            if job.step != f.step and job.step > 0:
+                model = model or await self.eta_model()
+                events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s))
+            f.step = job.step
+        elif f.state != job.state:
+            if job.fell_back and job.fell_back != f.fell_back and job.state == JobState.DONE:
+                events.append(FellBack(job.fell_back))
+            events.append({JobState.DONE: Done, JobState.CANCELLED: Cancelled}.get(job.state)(job)
+                          if job.state != JobState.FAILED else Failed(job.error or "The render failed.", job))
+        f.state = job.state
+        return events

@@ -1,0 +1,457 @@
+"""Durable job store. The only channel between front ends and workers.
+
+`Store` is the Protocol; `SQLiteStore` keeps everything in one SQLite file (WAL, `BEGIN IMMEDIATE` for
+writes, a busy timeout and retries when another process holds the lock). `open_store(url)` picks the
+implementation from the URL: a file path, or `redis://...`.
+
+Every write bumps a store-wide change counter (`seq`) and stamps it on the job it touched, so a front end
+polls `changes_since(seq)` with one indexed query, however many jobs it watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+from engine.errors import UserError
+from engine.jobs import Job, JobState
+
+LEASE_TTL_S = 10.0          # a worker that has not heart-beaten for this long is presumed dead
+MAX_ATTEMPTS = 2            # a job whose worker died is retried once, then failed
+STEP_SAMPLES = 8            # measured step times kept per shape for ETAs
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_user: int = 2
+    max_length: int = 50
+    jobs_per_hour: int = 0
+
+
+@dataclass
+class WorkerInfo:
+    owner: str
+    state: str              # "loading" | "ready" | "busy"
+    heartbeat_at: float
+    pid: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return time.time() - self.heartbeat_at < LEASE_TTL_S
+
+
+def fair_order(queued: Iterable[Job], last_served: dict[str, float]) -> list[Job]:
+    """Round-robin across users, first-in-first-out per user.
+
+    Users are ranked by when they were last served (never served first), then by their oldest waiting
+    job; the queue takes each user's first job in that rank, then each user's second job, and so on.
+    """
+    per_user: dict[str, list[Job]] = {}
+    for job in sorted(queued, key=lambda j: (j.created_at, j.id)):
+        per_user.setdefault(job.user, []).append(job)
+    users = sorted(per_user, key=lambda u: (last_served.get(u, 0.0), per_user[u][0].created_at))
+    rank = {u: i for i, u in enumerate(users)}
+    order = [(k, rank[u], job) for u, jobs in per_user.items() for k, job in enumerate(jobs)]
+    return [job for _, _, job in sorted(order, key=lambda t: (t[0], t[1]))]
+
+
+def shape_key(preset: str, width: int, height: int, frames: int) -> str:
+    return f"{preset}:{width}x{height}x{frames}"
+
+
+class Store(Protocol):
+    """What front ends and workers need from a job store (SQLite now, Redis for several machines)."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # jobs
+    async def submit(self, job: Job, limits: Limits) -> Job: ...
+    async def get(self, job_id: str) -> Job | None: ...
+    async def update(self, job_id: str, **fields: Any) -> Job: ...
+    async def claim(self, worker: str) -> Job | None: ...
+    async def finish(self, job_id: str, state: JobState, **fields: Any) -> Job: ...
+    async def cancel(self, job_id: str) -> Job: ...
+    async def queued(self) -> list[Job]: ...
+    async def running(self) -> list[Job]: ...
+    async def jobs(self, user: str | None = None, states: Iterable[JobState] | None = None,
+                   limit: int = 1000) -> list[Job]: ...
+    async def changes_since(self, seq: int) -> tuple[list[Job], int]: ...
+    async def recover(self, dead_worker: str | None = None) -> list[Job]: ...
+    async def delete_jobs(self, job_ids: Iterable[str]) -> None: ...
+
+    # workers
+    async def acquire_lease(self, owner: str, pid: int, exclusive: bool) -> bool: ...
+    async def heartbeat(self, owner: str, state: str) -> None: ...
+    async def release_lease(self, owner: str) -> None: ...
+    async def workers(self) -> list[WorkerInfo]: ...
+
+    # settings and measurements
+    async def get_meta(self, key: str, default: Any = None) -> Any: ...
+    async def set_meta(self, key: str, value: Any) -> None: ...
+    async def record_step_time(self, key: str, step_s: float, overhead_s: float) -> None: ...
+    async def step_times(self) -> dict[str, tuple[float, float]]: ...
+    async def last_served(self) -> dict[str, float]: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    owner TEXT PRIMARY KEY, pid INTEGER, state TEXT, heartbeat_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS step_times (key TEXT PRIMARY KEY, samples TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS served (user TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS submissions (user TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS submissions_user ON submissions(user, at);
+"""
+
+
+def _is_locked(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
+
+
+class SQLiteStore:
+    """One SQLite file shared by the bot process and the worker process on one machine."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0, lock_retries: int = 20):
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.lock_retries = lock_retries
+        self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()   # one transaction at a time on this connection
+
+    # ---- connection ----
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db.row_factory = aiosqlite.Row
+        await self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        await self._retry(self._init_schema)
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:
+            pass
+
+    async def _init_schema(self) -> None:
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA synchronous=NORMAL")
+        await self.db.executescript(SCHEMA)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def _retry(self, fn, *args):
+        """Run fn, retrying while another process holds the database lock past the busy timeout."""
+        delay = 0.05
+        for attempt in range(self.lock_retries):
+            try:
+                return await fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or attempt == self.lock_retries - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _write(self, fn, *args):
+        """fn(*args) inside BEGIN IMMEDIATE ... COMMIT, serialized in-process and retried across processes."""
+        async def tx():
+            async with self._write_lock:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await fn(*args)
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+                await self.db.execute("COMMIT")
+                return result
+        return await self._retry(tx)
+
+    async def _next_seq(self) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO meta(key, value) VALUES('seq', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value")
+        row = await cur.fetchone()
+        return int(row[0])
+
+    async def _save(self, job: Job) -> Job:
+        job.seq = await self._next_seq()
+        await self.db.execute(
+            "INSERT INTO jobs(id, user, state, created_at, seq, data) VALUES(?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET user=excluded.user, state=excluded.state, seq=excluded.seq, "
+            "data=excluded.data",
+            (job.id, job.user, str(job.state), job.created_at, job.seq, json.dumps(job.to_dict())))
+        return job
+
+    async def _load(self, job_id: str) -> Job | None:
+        cur = await self.db.execute("SELECT data FROM jobs WHERE id=?", (job_id,))
+        row = await cur.fetchone()
+        return Job.from_dict(json.loads(row[0])) if row else None
+
+    async def _select(self, sql: str, params: tuple = ()) -> list[Job]:
+        cur = await self.db.execute(sql, params)
+        return [Job.from_dict(json.loads(r[0])) for r in await cur.fetchall()]
+
+    # ---- jobs ----
+
+    async def submit(self, job: Job, limits: Limits) -> Job:
+        async def tx():
+            now = time.time()
+            cur = await self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'")
+            if limits.max_length and (await cur.fetchone())[0] >= limits.max_length:
+                raise UserError("The queue is full right now; please try again in a few minutes.",
+                                "queue_full", limit=limits.max_length)
+            cur = await self.db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE user=? AND state IN ('queued','running')", (job.user,))
+            if limits.per_user and (await cur.fetchone())[0] >= limits.per_user:
+                raise UserError(f"You already have {limits.per_user} jobs waiting or rendering; "
+                                "wait for one to finish or cancel it.", "user_limit", limit=limits.per_user)
+            if limits.jobs_per_hour:
+                cur = await self.db.execute(
+                    "SELECT COUNT(*), MIN(at) FROM submissions WHERE user=? AND at>?", (job.user, now - 3600))
+                count, oldest = await cur.fetchone()
+                if count >= limits.jobs_per_hour:
+                    wait_min = max(1, round((oldest + 3600 - now) / 60))
+                    raise UserError(f"You have reached {limits.jobs_per_hour} videos per hour; "
+                                    f"try again in about {wait_min} minutes.",
+                                    "rate_limited", limit=limits.jobs_per_hour, minutes=wait_min)
+            await self.db.execute("INSERT INTO submissions(user, at) VALUES(?, ?)", (job.user, now))
+            await self.db.execute("DELETE FROM submissions WHERE at < ?", (now - 3600,))
+            job.state = JobState.QUEUED
+            return await self._save(job)
+        return await self._write(tx)
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._retry(self._load, job_id)
+
+    async def update(self, job_id: str, **fields: Any) -> Job:
+        async def tx():
+            job = await self._load(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            for k, v in fields.items():
+                setattr(job, k, v)
+            return await self._save(job)
+        return await self._write(tx)
+
+    async def claim(self, worker: str) -> Job | None:
+        """Atomically take the next job in fair order, unless the queue is paused."""
+        async def tx():
+            if await self._get_meta("paused", False):
+                return None
+            queued = await self._select("SELECT data FROM jobs WHERE state='queued'")
+            if not queued:
+                return None
+            job = fair_order(queued, await self._last_served())[0]
+            now = time.time()
+            job.state, job.worker, job.started_at = JobState.RUNNING, worker, now
+            job.attempts += 1
+            job.step = 0
+            await self.db.execute(
+                "INSERT INTO served(user, at) VALUES(?, ?) ON CONFLICT(user) DO UPDATE SET at=excluded.at",
+                (job.user, now))
+            return await self._save(job)
+        return await self._write(tx)
+
+    async def finish(self, job_id: str, state: JobState, **fields: Any) -> Job:
+        """Move a job to a final state once; a job already final keeps its first outcome."""
+        async def tx():
+            job = await self._load(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.state.final:
+                return job
+            for k, v in fields.items():
+                setattr(job, k, v)
+            job.state, job.finished_at = state, time.time()
+            return await self._save(job)
+        return await self._write(tx)
+
+    async def cancel(self, job_id: str) -> Job:
+        """A queued job leaves the queue now; a running one is flagged and its worker stops at a step."""
+        async def tx():
+            job = await self._load(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.state == JobState.QUEUED:
+                job.state, job.finished_at, job.cancel_requested = JobState.CANCELLED, time.time(), True
+            elif job.state == JobState.RUNNING:
+                job.cancel_requested = True
+            else:
+                return job
+            return await self._save(job)
+        return await self._write(tx)
+
+    async def queued(self) -> list[Job]:
+        queued = await self._retry(self._select, "SELECT data FROM jobs WHERE state='queued'")
+        return fair_order(queued, await self.last_served())
+
+    async def running(self) -> list[Job]:
+        return await self._retry(self._select, "SELECT data FROM jobs WHERE state='running'")
+
+    async def jobs(self, user: str | None = None, states: Iterable[JobState] | None = None,
+                   limit: int = 1000) -> list[Job]:
+        sql, params = "SELECT data FROM jobs WHERE 1=1", []
+        if user is not None:
+            sql += " AND user=?"
+            params.append(user)
+        if states is not None:
+            states = [str(s) for s in states]
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params.extend(states)
+        sql += " ORDER BY created_at LIMIT ?"
+        params.append(limit)
+        return await self._retry(self._select, sql, tuple(params))
+
+    async def changes_since(self, seq: int) -> tuple[list[Job], int]:
+        jobs = await self._retry(self._select, "SELECT data FROM jobs WHERE seq>? ORDER BY seq", (seq,))
+        return jobs, max([seq] + [j.seq for j in jobs])
+
+    async def recover(self, dead_worker: str | None = None) -> list[Job]:
+        """Jobs left running by a dead worker: retried once, then failed. Returns the jobs it touched."""
+        async def tx():
+            touched = []
+            for job in await self._select("SELECT data FROM jobs WHERE state='running'"):
+                if dead_worker is not None and job.worker != dead_worker:
+                    continue
+                if job.cancel_requested:
+                    job.state, job.finished_at = JobState.CANCELLED, time.time()
+                elif job.attempts >= MAX_ATTEMPTS:
+                    job.state, job.finished_at = JobState.FAILED, time.time()
+                    job.error = "The renderer stopped twice while making this video, so it was not retried again."
+                else:
+                    job.state, job.worker, job.step = JobState.QUEUED, "", 0
+                    job.options = {**job.options, "retried": True}
+                touched.append(await self._save(job))
+            return touched
+        return await self._write(tx)
+
+    async def delete_jobs(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+
+        async def tx():
+            await self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+        await self._write(tx)
+
+    # ---- worker leases ----
+
+    async def acquire_lease(self, owner: str, pid: int, exclusive: bool = True) -> bool:
+        """Take a worker lease. With exclusive=True (SQLite: one GPU worker), refuse while another is alive."""
+        async def tx():
+            now = time.time()
+            if exclusive:
+                cur = await self.db.execute(
+                    "SELECT owner FROM leases WHERE owner<>? AND heartbeat_at>?", (owner, now - LEASE_TTL_S))
+                if await cur.fetchone():
+                    return False
+                await self.db.execute("DELETE FROM leases WHERE owner<>?", (owner,))
+            await self.db.execute(
+                "INSERT INTO leases(owner, pid, state, heartbeat_at) VALUES(?,?,?,?) "
+                "ON CONFLICT(owner) DO UPDATE SET pid=excluded.pid, state=excluded.state, "
+                "heartbeat_at=excluded.heartbeat_at", (owner, pid, "loading", now))
+            return True
+        return await self._write(tx)
+
+    async def heartbeat(self, owner: str, state: str) -> None:
+        async def tx():
+            await self.db.execute("UPDATE leases SET heartbeat_at=?, state=? WHERE owner=?",
+                                  (time.time(), state, owner))
+        await self._write(tx)
+
+    async def release_lease(self, owner: str) -> None:
+        async def tx():
+            await self.db.execute("DELETE FROM leases WHERE owner=?", (owner,))
+        await self._write(tx)
+
+    async def workers(self) -> list[WorkerInfo]:
+        async def q():
+            cur = await self.db.execute("SELECT owner, state, heartbeat_at, pid FROM leases")
+            return [WorkerInfo(r[0], r[1], r[2], r[3] or 0) for r in await cur.fetchall()]
+        return await self._retry(q)
+
+    # ---- meta, ETA measurements, fairness bookkeeping ----
+
+    async def _get_meta(self, key: str, default: Any = None) -> Any:
+        cur = await self.db.execute("SELECT value FROM meta WHERE key=?", (key,))
+        row = await cur.fetchone()
+        return json.loads(row[0]) if row else default
+
+    async def get_meta(self, key: str, default: Any = None) -> Any:
+        return await self._retry(self._get_meta, key, default)
+
+    async def set_meta(self, key: str, value: Any) -> None:
+        async def tx():
+            await self.db.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, json.dumps(value)))
+            # A settings change (pause, bans) is a change front ends may want to notice.
+            await self._next_seq()
+        await self._write(tx)
+
+    async def record_step_time(self, key: str, step_s: float, overhead_s: float) -> None:
+        async def tx():
+            cur = await self.db.execute("SELECT samples FROM step_times WHERE key=?", (key,))
+            row = await cur.fetchone()
+            samples = json.loads(row[0]) if row else []
+            samples = (samples + [[step_s, overhead_s]])[-STEP_SAMPLES:]
+            await self.db.execute(
+                "INSERT INTO step_times(key, samples) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET samples=excluded.samples", (key, json.dumps(samples)))
+        await self._write(tx)
+
+    async def step_times(self) -> dict[str, tuple[float, float]]:
+        """Median (seconds per step, seconds outside the steps) per shape key."""
+        async def q():
+            cur = await self.db.execute("SELECT key, samples FROM step_times")
+            out = {}
+            for key, raw in await cur.fetchall():
+                samples = json.loads(raw)
+                out[key] = (statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples))
+            return out
+        return await self._retry(q)
+
+    async def _last_served(self) -> dict[str, float]:
+        cur = await self.db.execute("SELECT user, at FROM served")
+        return {r[0]: r[1] for r in await cur.fetchall()}
+
+    async def last_served(self) -> dict[str, float]:
+        return await self._retry(self._last_served)
+
+
+def open_store(url: str) -> Store:
+    """A store for a URL: `redis://...` for several machines, anything else is a SQLite file path."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from engine.redis_store import RedisStore
+        return RedisStore(url)
+    if url.startswith("sqlite:///"):
+        url = url[len("sqlite:///"):]
+    return SQLiteStore(url)

@@ -1,0 +1,277 @@
+"""The GPU worker: a process of its own that claims one job at a time, renders it and stores the result.
+
+The model is loaded once and kept warm. The render runs in a thread; the event loop beside it keeps the
+lease alive (heartbeats), writes progress a few times a second, and turns a cancel in the store into a
+stop at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import Config
+from engine.errors import ModelError, UserError
+from engine.jobs import Job, JobState
+from engine.store import Store, open_store, shape_key
+
+log = logging.getLogger("engine.worker")
+
+HEARTBEAT_S = 2.0
+PROGRESS_WRITE_S = 0.25     # at most four progress writes a second
+IDLE_POLL_S = 0.1
+
+
+class WorkerBusy(UserError):
+    """Another live worker holds the store's lease."""
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    total: int = 0
+    written_step: int = 0
+    fell_back: str = ""
+    fallback_shape: tuple[int, int, int, int] | None = None  # steps, width, height, frames
+
+
+class Worker:
+    def __init__(self, config: Config, store: Store | None = None, model: str | None = None,
+                 exclusive: bool | None = None, worker_id: str | None = None):
+        self.config = config
+        self.store = store or open_store(config.storage.url)
+        self.model_spec = model or config.engine.model
+        # One SQLite file means one machine and one GPU: a second worker there is a mistake.
+        self.exclusive = exclusive if exclusive is not None else not config.storage.url.startswith("redis")
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.results_dir = Path(config.storage.data_dir) / "results"
+        self.state = "loading"
+        self.renderer = None
+        self._stop = asyncio.Event()
+        self._cancel = threading.Event()
+        self._shutdown = False
+
+    def stop(self) -> None:
+        """Stop after the current step (SIGTERM): the job in hand goes back to the queue."""
+        self._shutdown = True
+        self._cancel.set()
+        self._stop.set()
+
+    # ---- lifecycle ----
+
+    async def run(self) -> None:
+        await self.store.open()
+        try:
+            if not await self.store.acquire_lease(self.id, os.getpid(), self.exclusive):
+                raise WorkerBusy("Another worker is already running on this store; stop it first.",
+                                 "worker_busy")
+            heartbeat = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+            try:
+                if self.exclusive:
+                    for job in await self.store.recover():
+                        log.info("job %s recovered after a worker stop: now %s", job.id, job.state)
+                await self._load_model()
+                await self._serve()
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                await self.store.release_lease(self.id)
+        finally:
+            await self.store.close()
+
+    async def _load_model(self) -> None:
+        from engine.model import load_model
+        from engine.renderer import Renderer
+
+        t0 = time.perf_counter()
+        eng = self.config.engine
+        low_vram = eng.low_vram if isinstance(eng.low_vram, bool) else None
+        parts = await asyncio.to_thread(load_model, self.model_spec, eng.device, low_vram)
+        self.renderer = Renderer(parts, decode_chunk_size=eng.decode_chunk_size)
+        self.state = "ready"
+        await self.store.heartbeat(self.id, self.state)
+        log.info("worker %s ready: model %s loaded in %.1f s", self.id, self.model_spec, time.perf_counter() - t0)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self.store.heartbeat(self.id, self.state)
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _serve(self) -> None:
+        while not self._stop.is_set():
+            job = await self.store.claim(self.id)
+            if job is None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), IDLE_POLL_S)
+                continue
+            self.state = "busy"
+            try:
+                await self.process(job)
+            finally:
+                self.state = "ready"
+
+    # ---- one job ----
+
+    async def process(self, job: Job) -> Job:
+        from engine.sampler import Cancelled
+
+        log.info("job %s started (attempt %d) preset=%s seed=%d", job.id, job.attempts, job.preset, job.seed)
+        self._cancel.clear()
+        progress = _Progress(total=job.total_steps)
+        pump = asyncio.create_task(self._pump(job, progress), name=f"progress-{job.id}")
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self._render, job, progress)
+            out = await asyncio.to_thread(self._write_result, job, result)
+        except Cancelled:
+            if self._shutdown:
+                log.info("job %s returned to the queue: worker stopping", job.id)
+                return await self.store.update(job.id, state=JobState.QUEUED, worker="", step=0,
+                                               attempts=max(0, job.attempts - 1))
+            log.info("job %s cancelled at step %d", job.id, progress.step)
+            return await self.store.finish(job.id, JobState.CANCELLED, step=progress.step)
+        except UserError as exc:
+            return await self._fail(job, str(exc))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                return await self._fail(job, "The server ran out of disk space while saving your video; "
+                                             "please try again later.")
+            log.exception("job %s failed", job.id)
+            return await self._fail(job, "The server could not save your video; please try again.")
+        except Exception as exc:
+            if _is_oom(exc):
+                return await self._fail(job, "The GPU ran out of memory even with the light preset; "
+                                             "try a smaller image or try again later.")
+            log.exception("job %s failed", job.id)
+            return await self._fail(job, "The renderer hit an unexpected error; please try again.")
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            _free_memory()
+        seconds = time.perf_counter() - t0
+        steps_s = result.step_seconds[1:] or result.step_seconds  # the first step carries warm-up
+        step_s = sorted(steps_s)[len(steps_s) // 2] if steps_s else 0.0
+        key = shape_key(result.preset.name, result.width, result.height, result.preset.frames)
+        await self.store.record_step_time(key, step_s, max(0.0, seconds - step_s * result.steps))
+        done = await self.store.finish(
+            job.id, JobState.DONE, result_path=str(out), step=result.steps, total_steps=result.steps,
+            fell_back=result.preset.name if result.fell_back else "",
+            width=result.width, height=result.height, frames=result.preset.frames)
+        log.info("job %s done in %.2f s%s", job.id, seconds, " (fell back)" if result.fell_back else "")
+        return done
+
+    async def _fail(self, job: Job, reason: str) -> Job:
+        log.info("job %s failed: %s", job.id, reason)
+        return await self.store.finish(job.id, JobState.FAILED, error=reason)
+
+    def _render(self, job: Job, progress: _Progress):
+        from PIL import Image
+
+        presets = self.config.presets
+        eng = self.config.engine
+
+        def on_step(step: int, total: int, elapsed: float) -> None:
+            progress.step, progress.total = step, total
+
+        def on_fallback(preset) -> None:
+            progress.fell_back = preset.name
+            progress.step, progress.total = 0, preset.steps
+
+        def step_hook(step: int) -> None:
+            if eng.simulate_oom_at_step and step == eng.simulate_oom_at_step and not progress.fell_back:
+                import torch
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            if eng.step_delay_s:
+                time.sleep(eng.step_delay_s)
+
+        with Image.open(job.image_path) as im:
+            image = im.convert("RGB")
+        return self.renderer.render(
+            image, job.prompt, job.negative_prompt or eng.negative_prompt, presets[job.preset], job.seed,
+            presets, on_step=on_step, should_cancel=self._cancel.is_set, step_hook=step_hook,
+            on_fallback=on_fallback)
+
+    def _write_result(self, job: Job, result) -> Path:
+        from engine.service import private_file
+        from engine.video import write_mp4
+
+        self.results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out = write_mp4(result.frames, self.results_dir / f"{job.id}.mp4", fps=result.fps)
+        private_file(Path(out))
+        return Path(out)
+
+    async def _pump(self, job: Job, progress: _Progress) -> None:
+        """Write progress and read cancel requests, a few times a second, while the render thread runs."""
+        fell_back_written = ""
+        while True:
+            await asyncio.sleep(PROGRESS_WRITE_S)
+            try:
+                fields = {}
+                if progress.fell_back != fell_back_written:
+                    preset = self.config.presets[progress.fell_back]
+                    # The new shape, so ETAs and the status text follow the fall-back.
+                    latest = await self.store.get(job.id)
+                    w, h = preset.size_for(latest.width or 1, latest.height or 1)
+                    fields.update(fell_back=progress.fell_back, total_steps=preset.steps, width=w, height=h,
+                                  frames=preset.frames, step=0)
+                    fell_back_written = progress.fell_back
+                    progress.written_step = 0
+                if progress.step != progress.written_step:
+                    fields.update(step=progress.step, total_steps=progress.total)
+                    progress.written_step = progress.step
+                current = await self.store.update(job.id, **fields) if fields else await self.store.get(job.id)
+                if current is None or current.cancel_requested:
+                    self._cancel.set()
+            except Exception:
+                log.exception("progress write failed for job %s", job.id)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+async def run_worker(config: Config, store_url: str | None = None, model: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT. Raises WorkerBusy or ModelError for the CLI to report in one line."""
+    import signal
+
+    if store_url:
+        config.storage.url = store_url
+    worker = Worker(config, model=model)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+__all__ = ["Worker", "WorkerBusy", "run_worker", "ModelError"]
