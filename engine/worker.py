@@ -46,7 +46,7 @@ class _Progress:
 
 class Worker:
     def __init__(self, config: Config, store: Store | None = None, model: str | None = None,
-                 exclusive: bool | None = None, worker_id: str | None = None):
+                 exclusive: bool | None = None, worker_id: str | None = None, renderer=None):
         self.config = config
         self.store = store or open_store(config.storage.url)
         self.model_spec = model or config.engine.model
@@ -55,7 +55,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.results_dir = Path(config.storage.data_dir) / "results"
         self.state = "loading"
-        self.renderer = None
+        self.renderer = renderer   # a warm renderer may be handed in (tests); otherwise loaded at start
         self._stop = asyncio.Event()
         self._cancel = threading.Event()
         self._shutdown = False
@@ -90,6 +90,10 @@ class Worker:
             await self.store.close()
 
     async def _load_model(self) -> None:
+        if self.renderer is not None:
+            self.state = "ready"
+            await self.store.heartbeat(self.id, self.state)
+            return
         from engine.model import load_model
         from engine.renderer import Renderer
 

@@ -1,0 +1,561 @@
+"""Platform-neutral bot flow: check input, submit, follow a job, render status texts, throttle edits, deliver.
+
+A front end (Discord, Telegram) turns chat events into `JobRequest`s and implements `JobUI` for one status
+message; everything else lives here, so both platforms behave the same. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.config import Config
+from engine.errors import UserError
+from engine.jobs import Cancelled, Done, Failed, FellBack, Job, JobState, Queued, Started, Step
+from engine.service import JobService
+
+log = logging.getLogger("bot.core")
+
+MESSAGES_DIR = Path(__file__).resolve().parent.parent / "templates" / "messages"
+BAR_WIDTH = 12
+
+
+# ---------------------------------------------------------------- texts
+
+@cache
+def _messages(locale: str) -> dict[str, dict[str, str]]:
+    path = MESSAGES_DIR / f"{locale}.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def lang(locale: str | None) -> str:
+    """Platform locale ("zh-CN", "zh-TW", "en-US", "zh-hans") -> the message set we have ("zh" or "en")."""
+    return "zh" if (locale or "").lower().startswith("zh") else "en"
+
+
+def t(locale: str | None, key: str, **params: Any) -> str:
+    """The text for "section.name" in the user's language, falling back to English."""
+    section, name = key.split(".", 1)
+    for loc in (lang(locale), "en"):
+        text = _messages(loc).get(section, {}).get(name)
+        if text is not None:
+            try:
+                return text.format(**params)
+            except (KeyError, IndexError, ValueError):
+                continue
+    return key
+
+
+def error_text(exc: UserError, locale: str | None) -> str:
+    """A refusal in the user's language: a translated text for its key, else the engine's own sentence."""
+    text = t(locale, f"errors.{exc.key}", **exc.params)
+    return str(exc) if text == f"errors.{exc.key}" else text
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def progress_bar(step: int, total: int, width: int = BAR_WIDTH) -> str:
+    filled = round(width * step / total) if total else 0
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------- status state
+
+@dataclass
+class StatusState:
+    """Everything a status message shows; `render` turns it into text."""
+    phase: str = "queued"          # queued | warming | starting | rendering | delivering | final
+    position: int = 0
+    eta_s: float | None = None
+    moved_back: bool = False
+    retry: bool = False
+    paused: bool = False
+    step: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+    fell_back: str = ""
+    hints: list[str] = field(default_factory=list)
+    final_text: str = ""
+
+    def render(self, locale: str | None) -> str:
+        lines = []
+        if self.phase == "final":
+            lines.append(self.final_text)
+        elif self.phase == "queued":
+            key = "status.queued_first" if self.position <= 1 else "status.queued"
+            lines.append(t(locale, key, position=self.position, eta=duration(self.eta_s)))
+            if self.paused:
+                lines.append(t(locale, "status.paused"))
+            if self.retry:
+                lines.append(t(locale, "status.retry"))
+            elif self.moved_back:
+                lines.append(t(locale, "status.moved_back"))
+        elif self.phase == "warming":
+            lines.append(t(locale, "status.warming_up"))
+        elif self.phase == "starting":
+            lines.append(t(locale, "status.starting"))
+        elif self.phase == "rendering":
+            percent = round(100 * self.step / self.total) if self.total else 0
+            lines.append(t(locale, "status.rendering", bar=progress_bar(self.step, self.total), percent=percent,
+                           step=self.step, total=self.total, elapsed=duration(self.elapsed_s),
+                           eta=duration(self.eta_s)))
+        elif self.phase == "delivering":
+            lines.append(t(locale, "status.delivering"))
+        if self.fell_back and self.phase != "final":
+            lines.append(t(locale, "status.fell_back", preset=self.fell_back))
+        if self.hints and self.phase != "final":
+            lines.append(t(locale, "status.hints_title"))
+            lines.extend(f"• {h}" for h in self.hints)
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- edits
+
+class RetryLater(Exception):
+    """Raised by a platform's send function when it was told to wait (HTTP 429 / flood control)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"retry after {seconds:.2f}s")
+        self.seconds = seconds
+
+
+class EditScheduler:
+    """Edits of one message: at most one in flight, coalesced to the latest state, a minimum interval apart,
+    and waiting out retry-after. `update` never blocks the caller."""
+
+    def __init__(self, send: Callable[[Any], Awaitable[None]], min_interval_s: float,
+                 on_edit: Callable[[], None] | None = None, max_failures: int = 5):
+        self._send = send
+        self.min_interval_s = min_interval_s
+        self._pending: Any = None
+        self._has_pending = False
+        self._last_sent_at = 0.0
+        self._last_sent: Any = None
+        self._task: asyncio.Task | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._on_edit = on_edit
+        self._max_failures = max_failures
+        self.edits = 0
+        self.retries = 0
+
+    def update(self, payload: Any) -> None:
+        if payload == self._last_sent and not self._has_pending:
+            return
+        self._pending, self._has_pending = payload, True
+        self._idle.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="status-edits")
+
+    async def _run(self) -> None:
+        failures = 0
+        while self._has_pending:
+            wait = self._last_sent_at + self.min_interval_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            payload, self._has_pending = self._pending, False
+            if payload == self._last_sent:
+                continue
+            try:
+                await self._send(payload)
+                failures = 0
+                self.edits += 1
+                self._last_sent = payload
+                if self._on_edit:
+                    self._on_edit()
+            except RetryLater as exc:
+                self.retries += 1
+                if not self._has_pending:   # keep the newest payload
+                    self._pending, self._has_pending = payload, True
+                await asyncio.sleep(exc.seconds)
+            except Exception as exc:  # a progress edit is worth retrying a few times, never worth a crash
+                failures += 1
+                self.retries += 1
+                log.warning("status edit failed (%s): %s", type(exc).__name__, exc)
+                if failures < self._max_failures and not self._has_pending:
+                    self._pending, self._has_pending = payload, True
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** failures))
+            self._last_sent_at = time.monotonic()
+        self._idle.set()
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the latest state has been sent (or given up on)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def close(self) -> None:
+        if self._task and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def with_retries(fn: Callable[[], Awaitable[Any]], attempts: int = 5, base_delay_s: float = 0.5,
+                       retry_on: tuple[type[BaseException], ...] = (Exception,)) -> Any:
+    """Run an important call (the result upload) with backoff; a RetryLater waits exactly as told."""
+    for attempt in range(attempts):
+        try:
+            return await fn()
+        except RetryLater as exc:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(exc.seconds)
+        except retry_on as exc:
+            if attempt == attempts - 1 or isinstance(exc, UserError):
+                raise
+            delay = base_delay_s * 2 ** attempt * (1 + random.random() / 4)
+            log.warning("retrying after %s: %s (in %.1fs)", type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+
+
+# ---------------------------------------------------------------- buttons
+
+@dataclass(frozen=True)
+class Button:
+    action: str       # cancel | hq | reroll | delete | info
+    job_id: str
+    label: str
+
+    @property
+    def custom_id(self) -> str:
+        """Fits Discord's 100-character custom ids and Telegram's 64-byte callback data; survives restarts."""
+        return f"anim:{self.action}:{self.job_id}"
+
+
+def parse_custom_id(custom_id: str) -> tuple[str, str] | None:
+    parts = custom_id.split(":")
+    if len(parts) == 3 and parts[0] == "anim" and parts[1] in BUTTON_ACTIONS:
+        return parts[1], parts[2]
+    return None
+
+
+BUTTON_ACTIONS = ("cancel", "hq", "reroll", "delete", "info")
+
+
+def buttons(locale: str | None, job_id: str, *actions: str) -> list[Button]:
+    return [Button(a, job_id, t(locale, f"buttons.{a}")) for a in actions]
+
+
+# ---------------------------------------------------------------- requests and the UI a platform provides
+
+@dataclass
+class JobRequest:
+    """A user's ask, already pulled out of the chat event by the front end."""
+    platform: str
+    user_id: str
+    user_name: str
+    chat_id: str
+    locale: str
+    image: bytes
+    prompt: str
+    preset: str = "quick"
+    seed: int | None = None
+    negative_prompt: str = ""
+    camera: str | None = None
+    speed: str | None = None
+    scope: str | None = None         # server / group id for its word list
+
+
+class JobUI(Protocol):
+    """One job's status message on a platform."""
+    locale: str
+    upload_limit_bytes: int
+    min_edit_interval_s: float
+
+    async def edit_status(self, text: str, buttons: list[Button]) -> None:
+        """Edit the status message; raise RetryLater when told to wait."""
+
+    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button]) -> None:
+        """Replace the status with the result video (or post it); must be safe to retry."""
+
+    async def finish(self, text: str) -> None:
+        """Final text for a job that did not produce a video (failed, cancelled, too big)."""
+
+
+@dataclass
+class Submitted:
+    job: Job
+    hints: list[str]
+
+
+class BotCore:
+    """What both front ends share: checks, submit, follow, buttons, queue, admin."""
+
+    def __init__(self, config: Config, service: JobService):
+        self.config = config
+        self.service = service
+        self._followers: dict[str, asyncio.Task] = {}
+        self.metrics = None   # engine.metrics.Metrics, when enabled
+
+    # ---- input ----
+
+    def check_attachment(self, content_type: str | None, size: int | None, filename: str | None,
+                         download_limit: int | None = None) -> None:
+        from engine.validate import check_upload
+
+        limit = self.config.limits.max_image_bytes
+        if download_limit:
+            limit = min(limit, download_limit)
+        check_upload(content_type, size, filename, limit)
+
+    def check_prompt(self, text: str, scope: str | None = None) -> str:
+        from engine.validate import check_prompt, prompt_limits_from_config
+
+        return check_prompt(text, **prompt_limits_from_config(self.config, scope))
+
+    async def submit(self, req: JobRequest, status_ref: str = "") -> Submitted:
+        """Validate, build the prompt, choose the preset, queue. Raises UserError with a reason to show."""
+        from engine.prompts import PromptSpec, build_prompt, check_choice, load_templates, prompt_hints
+        from engine.validate import load_image
+
+        text = self.check_prompt(req.prompt, req.scope)
+        lim = self.config.limits
+        image = await asyncio.to_thread(load_image, req.image, max_bytes=lim.max_image_bytes,
+                                        max_pixels=lim.max_image_pixels, min_side=lim.min_image_side)
+        camera = check_choice("camera", req.camera) if req.camera else None
+        speed = check_choice("speed", req.speed) if req.speed else None
+        templates = load_templates()
+        built = build_prompt(PromptSpec(text, camera=camera, speed=speed), templates)
+        hints = prompt_hints(text, templates.glossary)
+        preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
+        job = await self.service.submit(
+            user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
+            seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,
+            user_name=req.user_name, locale=req.locale, status_ref=status_ref,
+            options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope},
+        )
+        return Submitted(job, [self._hint_text(h, req.locale) for h in hints])
+
+    def _choose_preset(self, name: str, built_prompt: str, image) -> tuple[str, bool]:
+        """The preset to run and whether the result should suggest HQ (`auto` applies that advice)."""
+        from engine.detail import image_detail
+        from engine.prompts import resolve_auto_preset, step_advice
+
+        advice = step_advice(built_prompt, image_detail(image).score)
+        if name == "auto":
+            return resolve_auto_preset(advice), False
+        self.config.preset(name)
+        return name, advice.suggest_hq and name != "hq"
+
+    @staticmethod
+    def _hint_text(hint, locale: str | None) -> str:
+        text = t(locale, f"hints.{hint.key}", **hint.params)
+        return hint.message if text == f"hints.{hint.key}" else text
+
+    # ---- following a job ----
+
+    def follow(self, job: Job, ui: JobUI, hints: list[str] | None = None) -> asyncio.Task:
+        """Follow a job in the background until its user has the outcome. One follower per job."""
+        existing = self._followers.get(job.id)
+        if existing and not existing.done():
+            return existing
+        task = asyncio.create_task(self._follow(job, ui, hints or []), name=f"follow-{job.id}")
+        self._followers[job.id] = task
+        task.add_done_callback(lambda _t, jid=job.id: self._followers.pop(jid, None))
+        return task
+
+    async def _follow(self, job: Job, ui: JobUI, hints: list[str]) -> None:
+        locale = ui.locale
+        state = StatusState(hints=hints)
+        cancel = buttons(locale, job.id, "cancel")
+
+        def on_edit() -> None:
+            if self.metrics:
+                self.metrics.edits.labels(job.platform).inc()
+
+        edits = EditScheduler(lambda text: ui.edit_status(text, cancel), ui.min_edit_interval_s, on_edit)
+        try:
+            async for event in self.service.events(job.id):
+                if isinstance(event, Queued):
+                    state.phase, state.position, state.eta_s = "queued", event.position, event.eta_s
+                    state.moved_back = event.moved > 0 or (state.moved_back and event.moved == 0)
+                    state.retry = state.retry or event.retry
+                    state.paused = await self.service.paused()
+                elif isinstance(event, Started):
+                    state.phase = "warming" if event.warming_up else "starting"
+                    state.retry = False
+                elif isinstance(event, Step):
+                    state.phase, state.step, state.total = "rendering", event.step, event.total
+                    state.eta_s, state.elapsed_s = event.eta_s, event.elapsed_s
+                elif isinstance(event, FellBack):
+                    state.fell_back = event.preset
+                elif isinstance(event, Done):
+                    await edits.close()
+                    await self._deliver(event.job, ui)
+                    return
+                elif isinstance(event, (Failed, Cancelled)):
+                    await edits.close()
+                    text = (t(locale, "status.failed", reason=event.reason) if isinstance(event, Failed)
+                            else t(locale, "status.cancelled"))
+                    await with_retries(lambda text=text: ui.finish(text))
+                    await self.service.mark_delivered(job.id)
+                    return
+                edits.update(state.render(locale))
+        except UserError as exc:   # the job vanished (forgotten, expired)
+            log.info("stopped following job %s: %s", job.id, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("following job %s failed", job.id)
+        finally:
+            await edits.close()
+
+    async def _deliver(self, job: Job, ui: JobUI) -> None:
+        from engine.video import fit_to_size
+
+        locale = ui.locale
+        try:
+            video = await asyncio.to_thread(fit_to_size, Path(job.result_path), ui.upload_limit_bytes)
+        except UserError:
+            await with_retries(lambda: ui.finish(t(locale, "status.too_big")))
+            await self.service.mark_delivered(job.id)
+            return
+        caption = self.caption(job, locale)
+        actions = buttons(locale, job.id, "hq", "reroll", "delete", "info")
+        if job.preset == "hq" or job.fell_back:
+            actions = [b for b in actions if b.action != "hq"] + []
+        t0 = time.perf_counter()
+        await with_retries(lambda: ui.deliver(job, video, caption, actions))
+        log.info("job %s delivered in %.3f s", job.id, time.perf_counter() - t0)
+        await self.service.mark_delivered(job.id)
+
+    def caption(self, job: Job, locale: str | None, mention: str = "") -> str:
+        preset = job.fell_back or job.preset
+        lines = [t(locale, "result.caption", mention=mention, prompt=shorten(job.prompt_raw, 300), preset=preset,
+                   steps=job.total_steps, seed=job.seed,
+                   seconds=f"{(job.finished_at or time.time()) - (job.started_at or job.created_at):.1f}").strip()]
+        if job.fell_back:
+            lines.append(t(locale, "result.fell_back_note"))
+        elif job.options.get("suggest_hq") and job.preset != "hq":
+            lines.append(t(locale, "result.suggest_hq"))
+        return "\n".join(lines)
+
+    def info_text(self, job: Job, locale: str | None) -> str:
+        preset = self.config.presets.get(job.fell_back or job.preset)
+        return t(locale, "result.info", prompt=job.prompt, preset=job.fell_back or job.preset,
+                 steps=job.total_steps, scheduler=preset.scheduler if preset else "?",
+                 guidance=preset.guidance if preset else "?", seed=job.seed, width=job.width,
+                 height=job.height, frames=job.frames, fps=preset.fps if preset else "?",
+                 seconds=f"{(job.finished_at or 0) - (job.started_at or 0):.1f}")
+
+    async def resume_following(self, platform: str, make_ui: Callable[[Job], JobUI | None]) -> int:
+        """After a restart: follow every job of this platform whose user has not heard the outcome yet."""
+        count = 0
+        for job in await self.service.undelivered(platform):
+            ui = make_ui(job)
+            if ui is not None:
+                self.follow(job, ui)
+                count += 1
+        return count
+
+    async def close(self) -> None:
+        tasks = list(self._followers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ---- buttons and commands ----
+
+    def is_admin(self, platform: str, user_id: str | int) -> bool:
+        admins = self.config.discord.admins if platform == "discord" else self.config.telegram.admins
+        return str(user_id) in {str(a) for a in admins}
+
+    async def on_button(self, action: str, job_id: str, platform: str, user_id: str, locale: str | None
+                        ) -> tuple[str, Job | None]:
+        """Run a button's action. Returns (reply text or "", new job for hq/reroll)."""
+        user = f"{platform}:{user_id}"
+        admin = self.is_admin(platform, user_id)
+        if action == "cancel":
+            job = await self.service.cancel(job_id, by_user=user, is_admin=admin)
+            return t(locale, "status.cancelled") if job.state in (JobState.CANCELLED, JobState.RUNNING) else "", None
+        if action == "delete":
+            await self.service.delete(job_id, by_user=user, is_admin=admin)
+            return t(locale, "result.deleted"), None
+        if action == "info":
+            return self.info_text(await self.service.require(job_id), locale), None
+        if action in ("hq", "reroll"):
+            src = await self.service.require(job_id)
+            new = await self.service.resubmit(
+                src, user=user, preset="hq" if action == "hq" else src.preset, new_seed=action == "reroll",
+                locale=locale or src.locale, user_name="", options={"suggest_hq": False})
+            return "", new
+        raise UserError("Unknown button.", "unknown_button")
+
+    async def cancel_latest(self, platform: str, user_id: str) -> Job | None:
+        user = f"{platform}:{user_id}"
+        active = [j for j, _, _ in await self.service.user_jobs(user)]
+        if not active:
+            return None
+        latest = max(active, key=lambda j: j.created_at)
+        return await self.service.cancel(latest.id, by_user=user)
+
+    async def queue_text(self, platform: str, user_id: str, locale: str | None) -> str:
+        jobs = await self.service.user_jobs(f"{platform}:{user_id}")
+        if not jobs:
+            return t(locale, "queue.empty")
+        lines = []
+        for job, position, eta in jobs:
+            prompt = shorten(job.prompt_raw, 60)
+            if position is not None:
+                lines.append(t(locale, "queue.line_queued", prompt=prompt, position=position, eta=duration(eta)))
+            else:
+                lines.append(t(locale, "queue.line_running", prompt=prompt, step=job.step,
+                               total=job.total_steps, eta=duration(eta)))
+        return "\n".join(lines)
+
+    async def admin(self, platform: str, user_id: str, locale: str | None, command: str, arg: str = "") -> str:
+        """/stats /pause /resume /ban /unban for configured admins only."""
+        if not self.is_admin(platform, user_id):
+            return t(locale, "admin.not_admin")
+        if command == "stats":
+            s = await self.service.stats()
+            workers = ", ".join(w["state"] for w in s["workers"]) or "none"
+            today = ", ".join(f"{k} {v}" for k, v in sorted(s["today"].items())) or "0"
+            return t(locale, "admin.stats", queued=s["queued"], running=s["running"], workers=workers, today=today,
+                     paused=" (paused)" if s["paused"] else "")
+        if command == "pause":
+            await self.service.pause()
+            return t(locale, "admin.paused")
+        if command == "resume":
+            await self.service.resume()
+            return t(locale, "admin.resumed")
+        target = arg.strip().lstrip("@").strip("<>!@")
+        if not target:
+            raise UserError("Name the user id, e.g. /ban 1234.", "usage")
+        if command == "ban":
+            await self.service.ban(f"{platform}:{target}")
+            return t(locale, "admin.banned", user=target)
+        if command == "unban":
+            await self.service.unban(f"{platform}:{target}")
+            return t(locale, "admin.unbanned", user=target)
+        raise UserError("Unknown admin command.", "usage")
+
+    async def forget(self, platform: str, user_id: str, locale: str | None) -> str:
+        count = await self.service.forget(f"{platform}:{user_id}")
+        return t(locale, "admin.forgot", count=count)

@@ -1,0 +1,133 @@
+"""The platform-neutral bot flow with a recording UI: status texts, throttled edits, delivery, buttons."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.core import (
+    BotCore, EditScheduler, JobRequest, RetryLater, StatusState, parse_custom_id, progress_bar, t,
+)
+from engine.errors import UserError
+from engine.jobs import JobState
+from engine.video import probe_mp4
+from tests.harness import make_config, photo_bytes, running_stack
+
+
+class RecordingUI:
+    def __init__(self, locale="en", interval=0.05, upload_limit=10_000_000):
+        self.locale = locale
+        self.min_edit_interval_s = interval
+        self.upload_limit_bytes = upload_limit
+        self.edits: list[tuple[float, str]] = []
+        self.delivered: list[tuple[Path, str, list]] = []
+        self.finished: list[str] = []
+        self.done = asyncio.Event()
+
+    async def edit_status(self, text, buttons):
+        self.edits.append((time.monotonic(), text))
+
+    async def deliver(self, job, video, caption, buttons):
+        self.delivered.append((video, caption, [b.action for b in buttons]))
+        self.done.set()
+
+    async def finish(self, text):
+        self.finished.append(text)
+        self.done.set()
+
+
+def request(prompt="a red ball slowly rolling", **kw):
+    base = dict(platform="test", user_id="1", user_name="ann", chat_id="c", locale="en", image=photo_bytes(),
+                prompt=prompt)
+    base.update(kw)
+    return JobRequest(**base)
+
+
+def test_status_texts_in_both_languages():
+    s = StatusState(phase="rendering", step=15, total=30, eta_s=12, elapsed_s=7)
+    assert "Step 15/30" in s.render("en-US") and progress_bar(15, 30) in s.render("en")
+    assert "第 15/30 步" in s.render("zh-CN")
+    q = StatusState(phase="queued", position=3, eta_s=95, moved_back=True)
+    assert "position 3" in q.render("en") and "1m 35s" in q.render("en") and "went ahead" in q.render("en")
+    assert t("fr", "buttons.hq") == "HQ render" and t("zh-TW", "buttons.hq") == "高质量"
+
+
+def test_custom_ids_round_trip():
+    assert parse_custom_id("anim:hq:abc123") == ("hq", "abc123")
+    assert parse_custom_id("other:hq:abc") is None and parse_custom_id("anim:bogus:x") is None
+
+
+async def test_edit_scheduler_coalesces_throttles_and_waits_out_retry_after():
+    sent = []
+    fail_once = [True]
+
+    async def send(payload):
+        if payload == 3 and fail_once[0]:
+            fail_once[0] = False
+            raise RetryLater(0.2)
+        sent.append((time.monotonic(), payload))
+
+    ed = EditScheduler(send, min_interval_s=0.1)
+    ed.update(1)
+    await asyncio.sleep(0.02)   # 1 is sent; 2 and 3 arrive during the interval
+    ed.update(2)
+    ed.update(3)
+    await ed.flush(5)
+    # 1 went out at once, 2 was coalesced away, 3 was retried after the wait.
+    assert [p for _, p in sent] == [1, 3]
+    assert sent[1][0] - sent[0][0] >= 0.3 and ed.retries == 1
+    ed.update(3)           # unchanged: no edit
+    await ed.flush(1)
+    assert len(sent) == 2
+    await ed.close()
+
+
+async def test_job_flows_from_submit_to_a_delivered_mp4(tmp_path, tiny_parts):
+    config = make_config(tmp_path)
+    async with running_stack(config, tiny_parts) as stack:
+        ui = RecordingUI()
+        sub = await stack.core.submit(request())
+        await asyncio.wait_for(stack.core.follow(sub.job, ui, sub.hints), 60)
+        (video, caption, actions) = ui.delivered[0]
+        info = probe_mp4(video)
+        assert info["frames"] == 4 and info["codec"] == "h264" and (info["width"], info["height"]) == (64, 64)
+        assert "a red ball slowly rolling" in caption and "seed" in caption
+        assert actions == ["hq", "reroll", "delete", "info"]
+        assert ui.edits and all(b - a >= 0.04 for (a, _), (b, _) in zip(ui.edits, ui.edits[1:]))
+        job = await stack.service.get(sub.job.id)
+        assert job.state == JobState.DONE and job.delivered
+
+
+async def test_bad_inputs_are_refused_with_a_reason(tmp_path):
+    config = make_config(tmp_path)
+    async with running_stack(config, with_worker=False) as stack:
+        with pytest.raises(UserError) as exc:
+            await stack.core.submit(request(prompt="   "))
+        assert exc.value.key == "empty_prompt"
+        with pytest.raises(UserError) as exc:
+            await stack.core.submit(request(image=b"hello"))
+        assert exc.value.key == "not_an_image"
+        with pytest.raises(UserError):
+            await stack.core.submit(request(camera="sideways"))
+
+
+async def test_buttons_cancel_hq_reroll_delete(tmp_path):
+    config = make_config(tmp_path)
+    async with running_stack(config, with_worker=False) as stack:
+        core = stack.core
+        sub = await core.submit(request(seed=7))
+        with pytest.raises(UserError):
+            await core.on_button("cancel", sub.job.id, "test", "2", "en")    # not the owner
+        text, _ = await core.on_button("cancel", sub.job.id, "test", "1", "en")
+        assert text == "🚫 Cancelled."
+        _, hq = await core.on_button("hq", sub.job.id, "test", "2", "en")
+        assert hq.preset == "hq" and hq.seed == 7 and hq.user == "test:2"
+        _, again = await core.on_button("reroll", sub.job.id, "test", "1", "en")
+        assert again.preset == "quick"
+        info, _ = await core.on_button("info", sub.job.id, "test", "3", "en")
+        assert "Seed: 7" in info
+        text, _ = await core.on_button("delete", sub.job.id, "test", "1", "en")
+        with pytest.raises(UserError) as exc:
+            await core.on_button("hq", sub.job.id, "test", "1", "en")
+        assert exc.value.key == "expired"
