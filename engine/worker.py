@@ -71,6 +71,7 @@ class Worker:
     async def run(self) -> None:
         await self.store.open()
         try:
+            await self._clear_dead_local_leases()
             if not await self.store.acquire_lease(self.id, os.getpid(), self.exclusive):
                 raise WorkerBusy("Another worker is already running on this store; stop it first.",
                                  "worker_busy")
@@ -88,6 +89,14 @@ class Worker:
                 await self.store.release_lease(self.id)
         finally:
             await self.store.close()
+
+    async def _clear_dead_local_leases(self) -> None:
+        """A worker killed on this machine (SIGKILL, OOM killer) leaves a lease behind: its pid tells."""
+        host = socket.gethostname()
+        for info in await self.store.workers():
+            if info.owner.split(":", 1)[0] == host and info.pid and not _pid_alive(info.pid):
+                log.info("releasing the lease of dead worker %s", info.owner)
+                await self.store.release_lease(info.owner)
 
     async def _load_model(self) -> None:
         if self.renderer is not None:
@@ -242,6 +251,16 @@ class Worker:
                     self._cancel.set()
             except Exception:
                 log.exception("progress write failed for job %s", job.id)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from bot.core import (
-    BotCore, EditScheduler, JobRequest, RetryLater, StatusState, parse_custom_id, progress_bar, t,
+    EditScheduler,
+    JobRequest,
+    RetryLater,
+    StatusState,
+    parse_custom_id,
+    progress_bar,
+    t,
 )
 from engine.errors import UserError
 from engine.jobs import JobState

@@ -1,0 +1,181 @@
+"""`python -m bot [--config PATH]`: the chat front ends whose tokens are set, plus the GPU worker process.
+
+The worker runs as a child process and is started again if it dies, so a GPU crash never takes the chat
+bots down. With a Redis store and `[engine] local_worker = false`, workers run elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engine.config import Config, load_config
+from engine.errors import UserError
+
+log = logging.getLogger("bot")
+
+TOKEN_VARS = {"discord": "DISCORD_TOKEN", "telegram": "TELEGRAM_TOKEN"}
+EXPIRE_EVERY_S = 3600
+
+
+def read_token(name: str, env: dict[str, str] | None = None) -> str | None:
+    """A token from NAME, or from the file named by NAME_FILE (for Docker/Kubernetes secrets)."""
+    env = os.environ if env is None else env
+    value = env.get(name, "").strip()
+    if value:
+        return value
+    path = env.get(f"{name}_FILE", "").strip()
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise UserError(f"{name}_FILE names a file that cannot be read ({exc.strerror}).", "token_file") from None
+    return None
+
+
+class WorkerSupervisor:
+    """Keeps one `python -m engine worker` child alive; restarts it with backoff when it exits."""
+
+    def __init__(self, config_path: str | None, store_url: str, restart_delay_s: float = 1.0):
+        self.config_path = config_path
+        self.store_url = store_url
+        self.restart_delay_s = restart_delay_s
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._task: asyncio.Task | None = None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "engine", "worker", "--store", self.store_url]
+        if self.config_path:
+            cmd += ["--config", self.config_path]
+        return cmd
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="worker-supervisor")
+
+    async def _run(self) -> None:
+        delay = self.restart_delay_s
+        quick_usage_errors = 0
+        while not self._stopping:
+            started = time.monotonic()
+            self.proc = await asyncio.create_subprocess_exec(*self.command())
+            log.info("worker process started (pid %d)", self.proc.pid)
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            ran_s = time.monotonic() - started
+            log.warning("worker process exited with code %s after %.0f s; restarting", code, ran_s)
+            if code == 2 and ran_s < 60:
+                # A configuration problem (no GPU, missing model, another worker): retrying fast won't help.
+                quick_usage_errors += 1
+                delay = min(300.0, self.restart_delay_s * 10 * quick_usage_errors)
+            else:
+                quick_usage_errors = 0
+                delay = self.restart_delay_s if ran_s > 60 else min(60.0, delay * 2)
+            self.restarts += 1
+            await asyncio.sleep(delay)
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        self._stopping = True
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def wants_local_worker(config: Config) -> bool:
+    if not config.storage.url.startswith(("redis://", "rediss://")):
+        return True
+    return bool(config.engine.local_worker) and "local_worker" in config.raw.get("engine", {})
+
+
+async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -> None:
+    from bot.core import BotCore
+    from engine.service import JobService
+
+    service = JobService(config)
+    await service.start()
+    core = BotCore(config, service)
+    if config.metrics.port:
+        from engine.metrics import Metrics, start_metrics_server
+
+        core.metrics = Metrics()
+        start_metrics_server(config.metrics.port, core.metrics.registry)
+    supervisor = None
+    if wants_local_worker(config):
+        supervisor = WorkerSupervisor(config_path, config.storage.url)
+        supervisor.start()
+    front_ends = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        if "discord" in tokens:
+            from bot.discord_app import DiscordFrontEnd
+
+            front_ends.append(DiscordFrontEnd(core, config, tokens["discord"]))
+        if "telegram" in tokens:
+            from bot.telegram_app import TelegramFrontEnd
+
+            front_ends.append(TelegramFrontEnd(core, config, tokens["telegram"]))
+        for fe in front_ends:
+            await fe.start()
+        log.info("bot running: %s", ", ".join(tokens))
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                expired = await service.expire_old()
+                if expired:
+                    log.info("expired %d old jobs", expired)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), EXPIRE_EVERY_S)
+    finally:
+        log.info("shutting down")
+        for fe in front_ends:
+            with contextlib.suppress(Exception):
+                await fe.close()
+        await core.close()
+        if supervisor:
+            await supervisor.stop()
+        await service.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Discord and Telegram video bots.")
+    parser.add_argument("--config", default=None, help="config file (default ./config.toml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # request URLs carry the Telegram token
+    try:
+        config = load_config(args.config)
+        tokens = {name: tok for name, var in TOKEN_VARS.items() if (tok := read_token(var))}
+        if not tokens:
+            raise UserError("No chat token set: set DISCORD_TOKEN and/or TELEGRAM_TOKEN "
+                            "(or DISCORD_TOKEN_FILE / TELEGRAM_TOKEN_FILE).", "no_token")
+        asyncio.run(run(config, args.config, tokens))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

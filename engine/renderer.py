@@ -1,0 +1,99 @@
+"""One render: size the photo to the preset's bucket, sample, and on a GPU out-of-memory retry once with the
+preset's fall-back."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+import torch
+
+from engine.model import ModelParts
+from engine.presets import Preset
+from engine.sampler import center_crop_wide, sample
+
+# torch.cuda.OutOfMemoryError is an alias of torch.OutOfMemoryError in recent torch; older ones have only it.
+OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
+
+
+@dataclass
+class RenderResult:
+    frames: np.ndarray          # uint8 (frames, height, width, 3)
+    fps: int
+    preset: Preset              # the preset actually used (the fall-back after an out-of-memory)
+    fell_back: bool
+    width: int
+    height: int
+    steps: int
+    seconds: float              # the whole render, both attempts
+    step_seconds: list[float] = field(default_factory=list)  # each step of the attempt that finished
+
+
+class Renderer:
+    def __init__(self, parts: ModelParts, decode_chunk_size: int = 8):
+        self.parts = parts
+        self.decode_chunk_size = decode_chunk_size
+
+    def render(
+        self,
+        image: PIL.Image.Image,
+        prompt: str,
+        negative_prompt: str,
+        preset: Preset,
+        seed: int,
+        presets: dict[str, Preset],
+        on_step: Callable[[int, int, float], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        step_hook: Callable[[int], None] | None = None,
+        on_fallback: Callable[[Preset], None] | None = None,
+    ) -> RenderResult:
+        start = time.perf_counter()
+        hooks = dict(on_step=on_step, should_cancel=should_cancel, step_hook=step_hook)
+        try:
+            return self._attempt(image, prompt, negative_prompt, preset, seed, start, False, **hooks)
+        except OOM_ERRORS:
+            fallback = presets.get(preset.fallback) if preset.fallback else None
+            if fallback is None:
+                raise
+        # Outside the except block, so the failed attempt's tensors (held by the traceback) can be freed.
+        free_memory()
+        if on_fallback is not None:
+            on_fallback(fallback)
+        return self._attempt(image, prompt, negative_prompt, fallback, seed, start, True, **hooks)
+
+    def _attempt(self, image: PIL.Image.Image, prompt: str, negative_prompt: str, preset: Preset, seed: int,
+                 start: float, fell_back: bool, on_step, should_cancel, step_hook) -> RenderResult:
+        width, height = preset.size_for(image.width, image.height)
+        fitted = center_crop_wide(image, width, height)
+        step_seconds: list[float] = []
+        last = 0.0
+
+        def record_step(step: int, total: int, elapsed: float) -> None:
+            nonlocal last
+            step_seconds.append(elapsed - last)
+            last = elapsed
+            if on_step is not None:
+                on_step(step, total, elapsed)
+
+        frames = sample(
+            self.parts, fitted, prompt, negative_prompt,
+            steps=preset.steps, scheduler=preset.scheduler, guidance=preset.guidance, frames=preset.frames,
+            width=width, height=height, seed=seed, fps=preset.fps,
+            on_step=record_step, should_cancel=should_cancel, step_hook=step_hook,
+            decode_chunk_size=self.decode_chunk_size,
+        )
+        return RenderResult(
+            frames=frames, fps=preset.fps, preset=preset, fell_back=fell_back, width=width, height=height,
+            steps=preset.steps, seconds=time.perf_counter() - start, step_seconds=step_seconds,
+        )
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

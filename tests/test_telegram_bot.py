@@ -1,0 +1,410 @@
+"""The Telegram front end end to end: the real python-telegram-bot client against the fake Bot API on
+127.0.0.1, the real job service and SQLite store, and a worker rendering with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.core import BotCore, t
+from bot.telegram_app import TelegramFrontEnd
+from engine.jobs import Job, JobState
+from engine.prompts import load_templates
+from engine.video import probe_mp4
+from tests.fakes.telegram_server import Call, FakeTelegram
+from tests.harness import Stack, make_config, photo_bytes, running_stack
+
+torch.set_num_threads(1)
+MB = 1024 * 1024
+
+
+@dataclass
+class Env:
+    fake: FakeTelegram
+    stack: Stack
+    front: TelegramFrontEnd
+
+    async def jobs(self) -> list[Job]:
+        return await self.stack.service.store.jobs()
+
+    async def videos(self, count: int = 1, timeout: float = 30) -> list[Call]:
+        """The first `count` successful sendVideo calls, waiting for them."""
+        return await self.fake.wait_for(lambda: _enough(self.fake.calls_to("sendVideo"), count), timeout)
+
+    async def replies(self, message, count: int = 1, timeout: float = 10) -> list[Call]:
+        """Successful sendMessage calls that reply to `message`."""
+        def found():
+            calls = [c for c in self.fake.calls_to("sendMessage", message.chat_id)
+                     if (c.params.get("reply_parameters") or {}).get("message_id") == message.message_id]
+            return _enough(calls, count)
+        return await self.fake.wait_for(found, timeout)
+
+
+def _enough(calls: list[Call], count: int) -> list[Call] | None:
+    ok = [c for c in calls if c.ok]
+    return ok if len(ok) >= count else None
+
+
+def replied_to(call: Call) -> int | None:
+    return (call.params.get("reply_parameters") or {}).get("message_id")
+
+
+@contextlib.asynccontextmanager
+async def telegram_bot(tmp_path: Path, tiny_parts, *, with_worker: bool = True, telegram: dict | None = None,
+                       **sections) -> AsyncIterator[Env]:
+    async with FakeTelegram() as fake:
+        tg = {"api_base_url": fake.base_url, "file_base_url": fake.base_file_url, **(telegram or {})}
+        config = make_config(tmp_path, telegram=tg, **sections)
+        async with running_stack(config, tiny_parts, with_worker=with_worker) as stack:
+            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
+            await front.start()
+            try:
+                yield Env(fake, stack, front)
+            finally:
+                await stack.core.close()
+                await front.close()
+        assert fake.unknown_methods == [] and fake.server_errors == []
+
+
+# ---------------------------------------------------------------- starting jobs
+
+
+async def test_captioned_photo_becomes_a_video_reply_in_the_users_language(tmp_path, tiny_parts, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        assert [c["command"] for c in fake.commands()][:2] == ["animate", "hq"]
+        assert fake.commands("zh")[0]["description"].startswith("把照片变成视频")
+        alice = fake.user("Alice", language_code="zh-hans")
+        chat = fake.private_chat(alice)
+        image = photo_bytes()
+        sent = fake.send_photo(chat, alice, image, caption="/animate 一只猫慢慢转头")
+
+        [upload] = await env.videos()
+        [status_call] = await env.replies(sent)
+        [job] = await env.jobs()
+        assert "下一个就是你" in status_call.params["text"] or "排队中" in status_call.params["text"]
+        assert status_call.params["reply_markup"]["inline_keyboard"] == [
+            [{"text": "取消", "callback_data": f"anim:cancel:{job.id}"}]]
+        assert fake.downloads == [sent.photo[-1].file_path]   # the largest size, downloaded once
+
+        p = upload.params
+        assert replied_to(upload) == sent.message_id and p["supports_streaming"] is True
+        assert (p["width"], p["height"], p["duration"]) == (64, 64, 1)
+        assert "Alice" in p["caption"] and "一只猫慢慢转头" in p["caption"] and "种子" in p["caption"]
+        assert "parse_mode" not in p
+        markup = p["reply_markup"]["inline_keyboard"]
+        assert [b["text"] for row in markup for b in row] == ["高质量", "重新生成", "删除", "信息"]
+        assert [b["callback_data"] for row in markup for b in row] == [
+            f"anim:{a}:{job.id}" for a in ("hq", "reroll", "delete", "info")]
+        video = tmp_path / "sent.mp4"
+        video.write_bytes(upload.files["video"].data)
+        info = probe_mp4(video)
+        assert (info["codec"], info["frames"], info["width"]) == ("h264", 4, 64)
+
+        # The result replaces the status message; the store knows where the result is.
+        await fake.wait_for(lambda: fake.message(chat.id, status_call.result["message_id"]).deleted)
+        job = await env.stack.service.get(job.id)
+        assert job.state == JobState.DONE and job.delivered and job.user == f"telegram:{alice.id}"
+        assert json.loads(job.status_ref)["result"] == upload.result["message_id"]
+    assert fake.token not in caplog.text and fake.token.split(":")[1] not in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["reply", "document", "forwarded"])
+async def test_other_ways_to_give_the_image(tmp_path, tiny_parts, kind):
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        bob, carol = fake.user("Bob"), fake.user("Carol")
+        group = fake.group_chat("Artists")
+        image = photo_bytes(seed=3)
+        if kind == "reply":
+            photo = fake.send_photo(group, carol, image)
+            command = fake.send_text(group, bob, "/animate@animabot a cat turning its head", reply_to=photo)
+            expected = photo.photo[-1].file_path
+        elif kind == "document":
+            command = fake.send_document(group, bob, image, "cat.png", "image/png", caption="/animate a cat")
+            expected = command.document.file_path
+        else:
+            command = fake.send_photo(group, bob, image, caption="/animate a cat", forward_from=carol)
+            expected = command.photo[-1].file_path
+        [upload] = await env.videos()
+        assert replied_to(upload) == command.message_id
+        assert fake.downloads == [expected]
+        [job] = await env.jobs()
+        assert job.user == f"telegram:{bob.id}" and job.chat == str(group.id)
+
+
+async def test_album_animates_the_first_photo_and_says_so(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+        album = fake.send_album(chat, alice, [photo_bytes(seed=s) for s in range(3)], caption="/animate waves")
+        [upload] = await env.videos()
+        assert replied_to(upload) == album[0].message_id
+        replies = await env.replies(album[0], count=2)
+        assert t("en", "errors.album") in [c.params["text"] for c in replies]
+        assert fake.downloads == [album[0].photo[-1].file_path]
+        assert len(await env.jobs()) == 1
+
+
+async def test_prompt_then_photo_in_a_group_through_force_reply(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        bob, dan = fake.user("Bob"), fake.user("Dan")
+        group = fake.group_chat("Artists", supergroup=True)
+        fake.send_text(group, bob, "/animate@otherbot not for us")
+        command = fake.send_text(group, bob, "/animate@animabot a dog running --speed fast")
+        [ask] = await env.replies(command)
+        assert ask.params["text"] == t("en", "errors.ask_image")
+        assert ask.params["reply_markup"]["force_reply"] is True
+        fake.send_photo(group, dan, photo_bytes(seed=1), reply_to=ask.result["message_id"])   # not Bob's
+        photo = fake.send_photo(group, bob, photo_bytes(seed=2), reply_to=ask.result["message_id"])
+        [upload] = await env.videos()
+        assert replied_to(upload) == photo.message_id
+        [job] = await env.jobs()
+        assert job.user == f"telegram:{bob.id}" and job.options["speed"] == "fast"
+        assert len(fake.bot_messages(group.id)) == 2   # the ask and the video; nothing for the other user
+
+
+# ---------------------------------------------------------------- refusals
+
+
+async def test_refusals_are_clear_replies_before_any_download(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts, with_worker=False,
+                            telegram={"download_limit_bytes": 20_000_000}) as env:
+        fake = env.fake
+        li, ann = fake.user("Li", language_code="zh"), fake.user("Ann", language_code="en")
+        chat_li, chat_ann = fake.private_chat(li), fake.private_chat(ann)
+        pdf = fake.send_document(chat_li, li, b"%PDF-1.4 hello", "notes.pdf", "application/pdf",
+                                 caption="/animate a cat")
+        big = fake.send_photo(chat_ann, ann, photo_bytes(), caption="/animate a cat", file_size=25 * MB)
+        flag = fake.send_photo(chat_ann, ann, photo_bytes(), caption="/animate a cat --wobble 3")
+        camera = fake.send_photo(chat_ann, ann, photo_bytes(), caption="/hq a cat —camera sideways")
+        [pdf_reply] = await env.replies(pdf)
+        [big_reply] = await env.replies(big)
+        [flag_reply] = await env.replies(flag)
+        [camera_reply] = await env.replies(camera)
+        assert "这不是图片" in pdf_reply.params["text"]
+        assert "over the 20 MB limit" in big_reply.params["text"]
+        assert "--wobble" in flag_reply.params["text"]
+        assert "sideways" in camera_reply.params["text"] and "zoom-in" in camera_reply.params["text"]
+        assert fake.downloads == [] and fake.calls_to("getFile") == []
+        assert await env.jobs() == []
+
+
+# ---------------------------------------------------------------- buttons
+
+
+async def test_cancel_button_answers_everyone_and_stops_the_job(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.3},
+                            presets={"quick": {"steps": 8}}) as env:
+        fake = env.fake
+        alice, bob = fake.user("Alice"), fake.user("Bob")
+        group = fake.group_chat("Artists")
+        sent = fake.send_photo(group, alice, photo_bytes(), caption="/animate a cat")
+        [status_call] = await env.replies(sent)
+        status = fake.message(group.id, status_call.result["message_id"])
+        await fake.wait_for(lambda: "Step" in (status.text or ""), timeout=20)
+        [data] = status.callback_data()
+
+        stranger = fake.press_button(group, bob, status, data)
+        await fake.wait_for(lambda: stranger.answered)
+        assert stranger.answer["show_alert"] is True and "Only the person" in stranger.answer["text"]
+        owner = fake.press_button(group, alice, status, data)
+        await fake.wait_for(lambda: owner.answered)
+        assert owner.answer["text"] == "🚫 Cancelled."
+        await fake.wait_for(lambda: status.text == "🚫 Cancelled." and not status.buttons(), timeout=10)
+        [job] = await env.jobs()
+        assert job.state == JobState.CANCELLED and fake.calls_to("sendVideo") == []
+
+
+async def test_result_buttons_hq_info_reroll_delete_work_from_callback_data(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        alice, bob = fake.user("Alice"), fake.user("Bob", language_code="en")
+        group = fake.group_chat("Artists")
+        sent = fake.send_photo(group, alice, photo_bytes(), caption="/animate a red ball rolling")
+        [first] = await env.videos()
+        [original] = await env.jobs()
+        result = fake.message(group.id, first.result["message_id"])
+        data = {d.split(":")[1]: d for d in result.callback_data()}
+
+        env.front._results.clear()   # buttons need nothing in memory
+        hq = fake.press_button(group, bob, result, data["hq"])
+        await fake.wait_for(lambda: hq.answered)
+        second = (await env.videos(2))[1]
+        hq_job = next(j for j in await env.jobs() if j.id != original.id)
+        assert (hq_job.preset, hq_job.seed, hq_job.total_steps) == ("hq", original.seed, 4)
+        assert original.total_steps == 2 and hq_job.user == f"telegram:{bob.id}"
+        assert replied_to(second) == result.message_id and "Bob" in second.params["caption"]
+        hq_buttons = fake.message(group.id, second.result["message_id"]).callback_data()
+        assert not any(d.startswith("anim:hq:") for d in hq_buttons)   # already HQ
+
+        info = fake.press_button(group, bob, result, data["info"])
+        await fake.wait_for(lambda: info.answered)
+        assert info.answer["show_alert"] is True and f"Seed: {original.seed}" in info.answer["text"]
+
+        reroll = fake.press_button(group, alice, result, data["reroll"])
+        await fake.wait_for(lambda: reroll.answered)
+        await env.videos(3)
+        rerolled = [j for j in await env.jobs() if j.id not in (original.id, hq_job.id)][0]
+        assert rerolled.preset == "quick" and rerolled.seed != original.seed
+
+        denied = fake.press_button(group, bob, result, data["delete"])
+        await fake.wait_for(lambda: denied.answered)
+        assert denied.answer["show_alert"] is True and not result.deleted
+        deleted = fake.press_button(group, alice, result, data["delete"])
+        await fake.wait_for(lambda: deleted.answered and result.deleted)
+        assert deleted.answer["text"] == "🗑️ Deleted."
+        assert not Path((await env.stack.service.get(original.id)).result_path).exists()
+        assert sent.message_id < result.message_id
+
+
+# ---------------------------------------------------------------- flags, /info and commands
+
+
+async def test_caption_flags_reach_the_built_prompt_and_info_shows_them(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+        fake.send_photo(chat, alice, photo_bytes(),
+                        caption="/animate a red ball rolling --camera zoom-in —speed slow --seed 42")
+        [upload] = await env.videos()
+        [job] = await env.jobs()
+        templates = load_templates()
+        assert job.seed == 42 and job.prompt_raw == "a red ball rolling"
+        assert templates.camera_phrase("zoom-in") in job.prompt
+        assert (job.options["camera"], job.options["speed"]) == ("zoom-in", "slow")
+
+        result_id = upload.result["message_id"]
+        env.front._results.clear()   # found again through the job's status_ref
+        ask = fake.send_text(chat, alice, "/info", reply_to=result_id)
+        [reply] = await env.replies(ask)
+        text = reply.params["text"]
+        assert "Seed: 42" in text and job.prompt in text and "quick" in text and "dpmpp_2m" in text
+        lost = fake.send_text(chat, alice, "/info")
+        [usage] = await env.replies(lost)
+        assert "/info" in usage.params["text"]
+
+
+async def test_commands_queue_cancel_help_admin_and_allow_list(tmp_path, tiny_parts):
+    async with FakeTelegram() as fake:
+        admin, user = fake.user("Root"), fake.user("Li", language_code="zh")
+        team, elsewhere = fake.group_chat("Team"), fake.group_chat("Elsewhere")
+        tg = {"api_base_url": fake.base_url, "file_base_url": fake.base_file_url, "admins": [admin.id],
+              "chats": [team.id]}
+        config = make_config(tmp_path, telegram=tg)
+        async with running_stack(config, with_worker=False) as stack:
+            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
+            await front.start()
+            env = Env(fake, stack, front)
+            try:
+                async def say(chat, who, text: str) -> str:
+                    message = fake.send_text(chat, who, text)
+                    return (await env.replies(message))[0].params["text"]
+
+                assert await say(team, user, "/help") == t("zh", "help.text")
+                assert await say(team, user, "/queue") == t("zh", "queue.empty")
+                assert await say(team, user, "/cancel") == t("zh", "errors.cancel_none")
+                assert await say(team, user, "/stats") == t("zh", "admin.not_admin")
+                assert await say(elsewhere, user, "/animate a cat") == t("zh", "errors.not_allowed_here")
+                assert "0 waiting" in await say(team, admin, "/stats")
+                assert await say(team, admin, "/pause") == t("en", "admin.paused")
+                assert await stack.service.paused()
+                photo = fake.send_photo(team, user, photo_bytes(), caption="/animate a cat")
+                [status] = await env.replies(photo)
+                assert t("zh", "status.paused") in status.params["text"]
+                assert "渲染中" not in await say(team, user, "/queue")
+                assert await say(team, user, "/cancel") == t("zh", "status.cancelled")
+                assert await say(team, admin, "/resume") == t("en", "admin.resumed")
+                assert await say(team, admin, f"/ban {user.id}") == t("en", "admin.banned", user=user.id)
+                refused = fake.send_photo(team, user, photo_bytes(), caption="/animate a cat")
+                assert (await env.replies(refused))[0].params["text"] == t("zh", "errors.banned")
+                assert await say(team, admin, f"/unban@animabot {user.id}") == t("en", "admin.unbanned",
+                                                                                 user=user.id)
+                assert await say(team, user, "/forget") == t("zh", "admin.forgot", count=1)
+            finally:
+                await stack.core.close()
+                await front.close()
+        assert fake.unknown_methods == [] and fake.server_errors == []
+
+
+# ---------------------------------------------------------------- flood control and pacing
+
+
+async def test_flood_wait_on_an_edit_is_waited_out(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.3},
+                            presets={"quick": {"steps": 6}}) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+        fake.fail_next("editMessageText", status=429, retry_after=1)
+        fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
+        await env.videos()
+        edits = fake.calls_to("editMessageText", chat.id)
+        assert edits[0].status == 429
+        after = [c for c in edits[1:] if c.ok]
+        assert after and after[0].time - edits[0].time >= 1.0
+        [job] = await env.jobs()
+        assert job.delivered
+
+
+async def test_edits_in_a_group_stay_apart_across_jobs(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.3}, presets={"quick": {"steps": 4}},
+                            queue={"per_user": 3}, telegram={"edit_interval_group_s": 1.0}) as env:
+        fake = env.fake
+        group = fake.group_chat("Busy group")
+        for name in ("Ann", "Ben", "Cy"):
+            fake.send_photo(group, fake.user(name), photo_bytes(), caption=f"/animate {name}'s cat")
+        await env.videos(3, timeout=60)
+        times = sorted(c.time for c in fake.calls_to("editMessageText", group.id))
+        assert len(times) >= 3
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert min(gaps) >= 1.0, gaps
+
+
+# ---------------------------------------------------------------- restart
+
+
+async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_parts):
+    from engine.renderer import Renderer
+    from engine.worker import Worker
+
+    async with FakeTelegram() as fake:
+        config = make_config(tmp_path, telegram={"api_base_url": fake.base_url,
+                                                 "file_base_url": fake.base_file_url})
+        async with running_stack(config, with_worker=False) as stack:
+            first = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
+            await first.start()
+            alice = fake.user("Alice")
+            chat = fake.private_chat(alice)
+            sent = fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
+            [status] = await Env(fake, stack, first).replies(sent)
+            await stack.core.close()
+            await first.close()
+
+            core = BotCore(config, stack.service)
+            second = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
+            await second.start()
+            worker = Worker(config, renderer=Renderer(tiny_parts))
+            task = asyncio.create_task(worker.run())
+            try:
+                [upload] = await Env(fake, stack, second).videos()
+                assert replied_to(upload) == sent.message_id and "Alice" in upload.params["caption"]
+                assert fake.message(chat.id, status.result["message_id"]).deleted
+            finally:
+                await core.close()
+                await second.close()
+                worker.stop()
+                await asyncio.wait_for(task, 30)
+        assert fake.unknown_methods == [] and fake.server_errors == []
