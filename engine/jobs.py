@@ -98,6 +98,7 @@ class Step:
     total: int
     eta_s: float
     elapsed_s: float
+    at: float = 0.0           # wall-clock time the worker finished this step
 
 
 @dataclass(frozen=True)

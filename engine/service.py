@@ -406,7 +406,8 @@ class JobService:
                 f.fell_back = job.fell_back
             if job.step != f.step and job.step > 0:
                 model = model or await self.eta_model()
-                events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s))
+                events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s,
+                                   job.options.get("step_at", 0.0)))
             f.step = job.step
         elif f.state != job.state:
             if job.fell_back and job.fell_back != f.fell_back and job.state == JobState.DONE:

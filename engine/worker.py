@@ -40,7 +40,9 @@ class _Progress:
     step: int = 0
     total: int = 0
     written_step: int = 0
+    step_at: float = 0.0        # wall-clock time of the latest step, so front ends can measure latency
     fell_back: str = ""
+    notify: object = None       # wakes the progress pump from the render thread
     fallback_shape: tuple[int, int, int, int] | None = None  # steps, width, height, frames
 
 
@@ -198,7 +200,9 @@ class Worker:
         eng = self.config.engine
 
         def on_step(step: int, total: int, elapsed: float) -> None:
-            progress.step, progress.total = step, total
+            progress.step, progress.total, progress.step_at = step, total, time.time()
+            if progress.notify:
+                progress.notify()
 
         def on_fallback(preset) -> None:
             progress.fell_back = preset.name
@@ -228,10 +232,20 @@ class Worker:
         return Path(out)
 
     async def _pump(self, job: Job, progress: _Progress) -> None:
-        """Write progress and read cancel requests, a few times a second, while the render thread runs."""
+        """Write progress as soon as a step lands (at most every PROGRESS_WRITE_S) and read cancel requests,
+        while the render thread runs."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        progress.notify = lambda: loop.call_soon_threadsafe(wake.set)
         fell_back_written = ""
+        last_write = 0.0
         while True:
-            await asyncio.sleep(PROGRESS_WRITE_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), PROGRESS_WRITE_S)
+            wake.clear()
+            gap = last_write + PROGRESS_WRITE_S - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             try:
                 fields = {}
                 if progress.fell_back != fell_back_written:
@@ -244,9 +258,11 @@ class Worker:
                     fell_back_written = progress.fell_back
                     progress.written_step = 0
                 if progress.step != progress.written_step:
-                    fields.update(step=progress.step, total_steps=progress.total)
+                    fields.update(step=progress.step, total_steps=progress.total,
+                                  options={**job.options, "step_at": progress.step_at})
                     progress.written_step = progress.step
                 current = await self.store.update(job.id, **fields) if fields else await self.store.get(job.id)
+                last_write = time.monotonic()
                 if current is None or current.cancel_requested:
                     self._cancel.set()
             except Exception:
