@@ -11,6 +11,7 @@ polls `changes_since(seq)` with one indexed query, however many jobs it watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -186,13 +187,16 @@ class SQLiteStore:
         """fn(*args) inside BEGIN IMMEDIATE ... COMMIT, serialized in-process and retried across processes."""
         async def tx():
             async with self._write_lock:
+                if self.db.in_transaction:   # left open by a cancelled caller
+                    await self.db.execute("ROLLBACK")
                 await self.db.execute("BEGIN IMMEDIATE")
                 try:
                     result = await fn(*args)
+                    await self.db.execute("COMMIT")
                 except BaseException:
-                    await self.db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        await self.db.execute("ROLLBACK")
                     raise
-                await self.db.execute("COMMIT")
                 return result
         return await self._retry(tx)
 
