@@ -23,6 +23,7 @@ log = logging.getLogger("bot")
 
 TOKEN_VARS = {"discord": "DISCORD_TOKEN", "telegram": "TELEGRAM_TOKEN"}
 EXPIRE_EVERY_S = 3600
+METRICS_EVERY_S = 5.0
 
 
 def read_token(name: str, env: dict[str, str] | None = None) -> str | None:
@@ -138,13 +139,18 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
         for fe in front_ends:
             await fe.start()
         log.info("bot running: %s", ", ".join(tokens))
+        last_expiry = 0.0
         while not stop.is_set():
             with contextlib.suppress(Exception):
-                expired = await service.expire_old()
-                if expired:
-                    log.info("expired %d old jobs", expired)
+                if time.monotonic() - last_expiry >= EXPIRE_EVERY_S:
+                    last_expiry = time.monotonic()
+                    expired = await service.expire_old()
+                    if expired:
+                        log.info("expired %d old jobs", expired)
+                if core.metrics:
+                    await core.metrics.sample_store(service.store)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), EXPIRE_EVERY_S)
+                await asyncio.wait_for(stop.wait(), METRICS_EVERY_S)
     finally:
         log.info("shutting down")
         for fe in front_ends:

@@ -403,7 +403,9 @@ class BotCore:
                     state.eta_s, state.elapsed_s = event.eta_s, event.elapsed_s
                 elif isinstance(event, FellBack):
                     state.fell_back = event.preset
-                elif isinstance(event, Done):
+                if isinstance(event, (Done, Failed, Cancelled)) and self.metrics:
+                    self.metrics.observe_job(event.job)
+                if isinstance(event, Done):
                     await edits.close()
                     await self._deliver(event.job, ui)
                     return
@@ -423,6 +425,8 @@ class BotCore:
             log.exception("following job %s failed", job.id)
         finally:
             await edits.close()
+            if self.metrics and edits.retries:
+                self.metrics.retries.labels(job.platform).inc(edits.retries)
 
     async def _deliver(self, job: Job, ui: JobUI) -> None:
         from engine.video import fit_to_size
@@ -437,7 +441,7 @@ class BotCore:
         caption = self.caption(job, locale)
         actions = buttons(locale, job.id, "hq", "reroll", "delete", "info")
         if job.preset == "hq" or job.fell_back:
-            actions = [b for b in actions if b.action != "hq"] + []
+            actions = [b for b in actions if b.action != "hq"]
         t0 = time.perf_counter()
         await with_retries(lambda: ui.deliver(job, video, caption, actions))
         log.info("job %s delivered in %.3f s", job.id, time.perf_counter() - t0)

@@ -6,7 +6,6 @@ library and no torch here: the GPU peak is read only when torch is already loade
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,18 +62,14 @@ class Metrics:
                 self.job_duration.labels(preset=job.preset).observe(max(0.0, job.finished_at - job.started_at))
         if job.fell_back:
             self.fallbacks.labels(preset=job.fell_back).inc()
+        # The worker process measures its GPU peak and leaves it on the job (the bot never loads torch).
+        if job.options.get("gpu_peak_bytes"):
+            self.gpu_memory_peak.set(job.options["gpu_peak_bytes"])
         return True
 
     async def sample_store(self, store: Store) -> None:
         """Refresh the gauges read from the store (call every few seconds)."""
         self.queue_depth.set(len(await store.queued()))
-
-    def record_gpu_peak(self) -> None:
-        """Copy torch's CUDA peak allocation into the gauge, when torch is loaded and a GPU is present."""
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            self.gpu_memory_peak.set(torch.cuda.max_memory_allocated())
-
 
 @dataclass
 class MetricsServer:

@@ -174,7 +174,6 @@ async def test_cancel_from_another_process_stops_the_worker_within_steps(cluster
         if isinstance(event, Cancelled):
             break
     stopped_s = time.monotonic() - t0
-    print("DIAG cancel", running.step, stopped_s, (await service.get(job.id)).step)
     final = await service.get(job.id)
     assert final.state == JobState.CANCELLED and final.worker == running.worker
     # The worker polls the flag four times a second and stops at the next step boundary.
@@ -215,7 +214,6 @@ async def test_a_worker_killed_mid_job_loses_nothing(cluster, service):
         await asyncio.gather(reclaim, return_exceptions=True)
         await janitor.close()
 
-    print("DIAG kill", [(j.id, j.attempts, j.worker, j.finished_at - j.created_at) for j in done], [j.id for j in touched])
     assert [j.state for j in done] == [JobState.DONE] * 3
     rescued = done[0]
     assert rescued.worker != victim_job.worker and rescued.attempts == 2 and rescued.options["retried"]
