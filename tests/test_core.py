@@ -137,3 +137,19 @@ async def test_buttons_cancel_hq_reroll_delete(tmp_path):
         with pytest.raises(UserError) as exc:
             await core.on_button("hq", sub.job.id, "test", "1", "en")
         assert exc.value.key == "expired"
+
+
+async def test_metrics_count_jobs_and_edits(tmp_path, tiny_parts):
+    from engine.metrics import Metrics
+
+    config = make_config(tmp_path)
+    async with running_stack(config, tiny_parts) as stack:
+        stack.core.metrics = metrics = Metrics()
+        sub = await stack.core.submit(request())
+        await asyncio.wait_for(stack.core.follow(sub.job, RecordingUI()), 60)
+        await metrics.sample_store(stack.service.store)
+    value = metrics.registry.get_sample_value
+    assert value("animabot_jobs_total", {"state": "done"}) == 1
+    assert value("animabot_message_edits_total", {"platform": "test"}) >= 1
+    assert value("animabot_job_duration_seconds_count", {"preset": "quick"}) == 1
+    assert value("animabot_queue_depth") == 0
