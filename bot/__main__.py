@@ -153,10 +153,10 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
                 await asyncio.wait_for(stop.wait(), METRICS_EVERY_S)
     finally:
         log.info("shutting down")
+        await core.close()   # followers first, so none edits through a closed client
         for fe in front_ends:
             with contextlib.suppress(Exception):
                 await fe.close()
-        await core.close()
         if supervisor:
             await supervisor.stop()
         await service.close()

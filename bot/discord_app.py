@@ -177,7 +177,7 @@ class StatusRef:
         try:
             data = json.loads(text)
             return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (ValueError, TypeError):
+        except (AttributeError, TypeError, ValueError):
             return None
 
 
@@ -285,8 +285,18 @@ class DiscordStatus:
                 await channel.get_partial_message(self.ref.channel_message).delete()
 
     async def _save_ref(self) -> None:
-        with contextlib.suppress(KeyError, UserError):
-            await self.front.core.service.set_status_ref(self.job_id, self.ref.dumps())
+        # Shielded: an edit is cancelled when its job finishes, and a store write cut off halfway would
+        # leave its SQLite transaction open.
+        save = asyncio.ensure_future(self.front.core.service.set_status_ref(self.job_id, self.ref.dumps()))
+        save.add_done_callback(_retrieve)
+        with contextlib.suppress(KeyError, UserError):   # the job was forgotten meanwhile
+            await asyncio.shield(save)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Take a shielded task's outcome, so one whose waiter was cancelled logs nothing at exit."""
+    if not task.cancelled():
+        task.exception()
 
 
 @contextlib.contextmanager
@@ -300,7 +310,7 @@ def rate_limits() -> Iterator[None]:
         if exc.status != 429:
             raise
         seconds = 1.0
-        with contextlib.suppress(AttributeError, TypeError, ValueError):
+        with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
             seconds = float(exc.response.headers["Retry-After"])
         raise RetryLater(seconds) from exc
 
@@ -327,10 +337,16 @@ class _Tree(app_commands.CommandTree):
         return await self.client.front_end.allowed_here(interaction)
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        log.error("command %s failed", interaction.command.name if interaction.command else "?",
-                  exc_info=error)
+        locale = str(interaction.locale)
+        original = getattr(error, "original", error)
+        if isinstance(original, UserError):
+            text = error_text(original, locale)
+        else:
+            log.error("command %s failed", interaction.command.name if interaction.command else "?",
+                      exc_info=error)
+            text = t(locale, "errors.generic")
         with contextlib.suppress(discord.HTTPException):
-            await reply(interaction, t(str(interaction.locale), "errors.generic"))
+            await reply(interaction, text)
 
 
 class PromptModal(discord.ui.Modal):
@@ -378,6 +394,7 @@ class DiscordFrontEnd:
         extra = config.raw.get("discord", {}) if isinstance(config.raw, dict) else {}
         # Seconds after which a job stops using its interaction token (Discord's limit is 900 s).
         self.interaction_ttl_s = float(extra.get("interaction_ttl_s", 840))
+        self._ready_timeout_s = float(extra.get("ready_timeout_s", 120))
         self._hosts = {h.lower() for h in config.discord.attachment_hosts}
         self.client = _Client(
             self,
@@ -398,19 +415,18 @@ class DiscordFrontEnd:
 
     async def start(self) -> None:
         self._point_at_configured_urls()
-        # Interaction tokens appear in webhook URLs that discord.py logs at DEBUG.
-        webhook_log = logging.getLogger("discord.webhook")
-        if webhook_log.getEffectiveLevel() < logging.INFO:
-            webhook_log.setLevel(logging.INFO)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_read=20))
         self._runner = asyncio.create_task(self.client.start(self._token), name="discord-client")
         ready = asyncio.create_task(self.client.ready_event.wait())
-        await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({self._runner, ready}, timeout=self._ready_timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
+            stopped = self._runner.done()
             await self.close()
-            self._runner.result()   # raises the login/connection error
-            raise RuntimeError("the Discord client stopped before it was ready")
+            if stopped:
+                self._runner.result()   # raises the login/connection error
+            raise TimeoutError(f"Discord did not get ready within {self._ready_timeout_s:.0f} s")
         log.info("discord: connected as %s (%s)", self.client.user, self.client.user.id)
         self.synced = await self.sync_commands()
         resumed = await self.core.resume_following(PLATFORM, self.status_for_stored_job)

@@ -97,10 +97,29 @@ COMMANDS = {
         "help": "使用说明",
     },
 }
+# python-telegram-bot's loggers; some log the API URL, which holds the token, at DEBUG.
+PTB_LOGGERS = ("telegram", "telegram.Bot", "telegram.ext", "telegram.ext.ExtBot", "telegram.ext.Application",
+               "telegram.ext.Updater", "telegram.ext.JobQueue", "telegram.request.BaseRequest",
+               "telegram.request.HTTPXRequest", "httpx")
 INFO_USAGE = UserError("Reply to one of my videos with /info to see how it was made.", "info_usage")
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+class RedactToken(logging.Filter):
+    """Replaces the bot token in log records of the loggers it is attached to."""
+
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.token:
+            message = record.getMessage()
+            if self.token in message:
+                record.msg, record.args = message.replace(self.token, "<token>"), None
+        return True
 
 
 def retry_seconds(exc: RetryAfter) -> float:
@@ -350,7 +369,7 @@ class TelegramJobUI:
         extra = {} if animation else {"supports_streaming": True}
         # An upload that times out may still arrive: after a second ambiguous timeout stop re-sending,
         # so a user sees at most one duplicate.
-        timeout = UPLOAD_TIMEOUT_S * (1 + self._upload_timeouts)
+        timeout = self.front.upload_timeout_s * (1 + self._upload_timeouts)
         try:
             sent = await send(self.chat_id, data, filename=f"{job.id}.mp4", caption=caption, width=width,
                               height=height, duration=seconds, reply_markup=keyboard(buttons),
@@ -361,6 +380,9 @@ class TelegramJobUI:
         except TimedOut:
             self._upload_timeouts += 1
             if self._upload_timeouts >= 2:
+                # Both uploads may still arrive; say it is on its way instead of sending a third copy.
+                with contextlib.suppress(TelegramError, RetryLater):
+                    await self.edit_status(t(self.locale, "status.delivering"), [])
                 raise UserError("The video upload timed out twice.", "upload_timeout") from None
             raise
         except Forbidden as exc:
@@ -385,16 +407,21 @@ class TelegramJobUI:
 
 
 class TelegramFrontEnd:
-    def __init__(self, core: BotCore, config: Config, token: str, *, poll_timeout: float = 10.0):
+    def __init__(self, core: BotCore, config: Config, token: str, *, poll_timeout: float = 10.0,
+                 upload_timeout_s: float = UPLOAD_TIMEOUT_S):
         self.core = core
         self.config = config
         self._token = token
+        self._redact_filter = RedactToken(token)
         self.poll_timeout = poll_timeout
+        self.upload_timeout_s = upload_timeout_s
         self.app: Application | None = None
         self._pending: dict[tuple[int, int], PendingAsk] = {}
         self._albums: OrderedDict[str, None] = OrderedDict()
         self._results: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._pacers: weakref.WeakValueDictionary[int, ChatPacer] = weakref.WeakValueDictionary()
+        self._followers: set[asyncio.Task] = set()
+        self._resumed: list[tuple[Job, TelegramJobUI]] = []
 
     def __repr__(self) -> str:   # never show the token
         return f"<TelegramFrontEnd running={self.app is not None}>"
@@ -409,6 +436,8 @@ class TelegramFrontEnd:
     async def start(self) -> None:
         # httpx logs request URLs at INFO, and Bot API URLs contain the token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        for name in PTB_LOGGERS:
+            logging.getLogger(name).addFilter(self._redact_filter)
         tg = self.config.telegram
         builder = ApplicationBuilder().token(self._token).concurrent_updates(True)
         if tg.api_base_url:
@@ -421,15 +450,15 @@ class TelegramFrontEnd:
         self.app = app
         await self._set_commands()
         await app.start()
-        resumed = await self.core.resume_following(PLATFORM, self._ui_for_job)
-        if resumed:
-            log.info("following %d undelivered Telegram jobs again", resumed)
+        await self._resume()
         await app.updater.start_polling(poll_interval=0, timeout=self.poll_timeout,
                                         allowed_updates=["message", "callback_query"])
         log.info("Telegram bot @%s is polling", app.bot.username)
 
     async def close(self) -> None:
-        app, self.app = self.app, None
+        """Stop polling, let running handlers finish, stop following this front end's jobs (they are
+        followed again on the next start), then release the HTTP client."""
+        app = self.app
         if app is None:
             return
         with contextlib.suppress(Exception):
@@ -438,7 +467,12 @@ class TelegramFrontEnd:
         with contextlib.suppress(Exception):
             if app.running:
                 await app.stop()
-        await app.shutdown()
+        tasks = list(self._followers)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.app = None
+        await app.shutdown()   # the redaction filters stay: work still winding down may log
 
     def _add_handlers(self, app: Application) -> None:
         message = filters.UpdateType.MESSAGE
@@ -482,8 +516,25 @@ class TelegramFrontEnd:
             while len(self._results) > RESULT_CACHE:
                 self._results.popitem(last=False)
 
+    async def _resume(self) -> None:
+        """Follow undelivered jobs again after a restart, keeping their tasks so close() can stop them."""
+        self._resumed.clear()
+        count = await self.core.resume_following(PLATFORM, self._ui_for_job)
+        for job, ui in self._resumed:
+            self._track(self.core.follow(job, ui))   # the running follower: one per job
+        self._resumed.clear()
+        if count:
+            log.info("following %d undelivered Telegram jobs again", count)
+
     def _ui_for_job(self, job: Job) -> TelegramJobUI | None:
-        return TelegramJobUI.from_job(self, job)
+        ui = TelegramJobUI.from_job(self, job)
+        if ui is not None:
+            self._resumed.append((job, ui))
+        return ui
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
 
     async def video_shape(self, job: Job, video: Path) -> tuple[int, int, int]:
         """Width, height and whole seconds of the video as sent (probed when it was shrunk or fell back)."""
@@ -662,7 +713,7 @@ class TelegramFrontEnd:
         except TelegramError as exc:   # the job still runs; the result is posted when it is done
             log.warning("job %s: no status message in %s: %s", job.id, chat_id, exc.message)
         await ui.save_ref()
-        self.core.follow(job, ui, hints)
+        self._track(self.core.follow(job, ui, hints))
 
     async def _first_status(self, job: Job, locale: str, hints: list[str]) -> str:
         """The text the follower's first event will show, so the status needs no immediate edit."""

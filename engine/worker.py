@@ -44,6 +44,7 @@ class _Progress:
     step_at: float = 0.0        # wall-clock time of the latest step, so front ends can measure latency
     fell_back: str = ""
     notify: object = None       # wakes the progress pump from the render thread
+    lost: bool = False          # another worker took the job over (our lease had lapsed)
     fallback_shape: tuple[int, int, int, int] | None = None  # steps, width, height, frames
 
 
@@ -159,6 +160,9 @@ class Worker:
             result = await asyncio.to_thread(self._render, job, progress)
             out = await asyncio.to_thread(self._write_result, job, result)
         except Cancelled:
+            if progress.lost:
+                log.warning("job %s was taken over by another worker; dropping this render", job.id)
+                return await self.store.get(job.id)
             if self._shutdown:
                 log.info("job %s returned to the queue: worker stopping", job.id)
                 return await self.store.update(job.id, state=JobState.QUEUED, worker="", step=0,
@@ -271,7 +275,9 @@ class Worker:
                     progress.written_step = progress.step
                 current = await self.store.update(job.id, **fields) if fields else await self.store.get(job.id)
                 last_write = time.monotonic()
-                if current is None or current.cancel_requested:
+                if current is not None and current.worker not in ("", self.id):
+                    progress.lost = True
+                if current is None or current.cancel_requested or progress.lost:
                     self._cancel.set()
             except Exception:
                 log.exception("progress write failed for job %s", job.id)
