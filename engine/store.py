@@ -187,10 +187,11 @@ class SQLiteStore:
         """fn(*args) inside BEGIN IMMEDIATE ... COMMIT, serialized in-process and retried across processes."""
         async def tx():
             async with self._write_lock:
-                if self.db.in_transaction:   # left open by a cancelled caller
-                    await self.db.execute("ROLLBACK")
-                await self.db.execute("BEGIN IMMEDIATE")
+                # aiosqlite runs statements in order on its own thread, and a statement already queued still
+                # runs when its awaiting caller is cancelled: so BEGIN sits inside the try, and any failure,
+                # cancellation included, queues a ROLLBACK behind it.
                 try:
+                    await self.db.execute("BEGIN IMMEDIATE")
                     result = await fn(*args)
                     await self.db.execute("COMMIT")
                 except BaseException:
