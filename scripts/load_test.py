@@ -1,0 +1,211 @@
+"""Load: simulated users send jobs through both fake platforms at once (real discord.py and
+python-telegram-bot clients, the real bot core and job service on a SQLite file, and a real worker process
+rendering with the tiny model at 64x64 and two steps).
+
+Checks and prints: every job ends in exactly one final state; every user gets exactly one result or error per
+job; the front end's longest event-loop stall; resident memory growth after the first 50 jobs.
+
+    .venv/bin/python scripts/load_test.py [--users 100] [--jobs-per-user 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+import psutil  # noqa: E402
+
+from bot.core import BotCore  # noqa: E402
+from bot.discord_app import DiscordFrontEnd  # noqa: E402
+from bot.telegram_app import TelegramFrontEnd  # noqa: E402
+from engine.service import JobService  # noqa: E402
+from tests.fakes.discord_server import FakeDiscord  # noqa: E402
+from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
+from tests.harness import TINY_PRESETS, make_config, photo_bytes, write_config  # noqa: E402
+
+ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+
+
+async def stall_monitor(stop: asyncio.Event, stalls: list[float], tick_s: float = 0.01) -> None:
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        await asyncio.sleep(tick_s)
+        stalls.append(time.perf_counter() - t0 - tick_s)
+
+
+class FakesThread:
+    """The fake platforms run on their own event loop in another thread, so the stall measured on the bot's
+    loop is the bot's own, not the fakes' (or the simulated users')."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fakes", daemon=True)
+        self.thread.start()
+
+    def call(self, coro):
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def sync(self, fn, *args, **kwargs):
+        async def run():
+            return fn(*args, **kwargs)
+        return self.call(run())
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
+    asyncio.get_running_loop().slow_callback_duration = 0.05
+    tmp = Path(tempfile.mkdtemp(prefix="load-"))
+    total = users * jobs_per_user
+    fakes = FakesThread()
+    dfake, tfake = FakeDiscord(), FakeTelegram()
+    await fakes.call(dfake.__aenter__())
+    await fakes.call(tfake.__aenter__())
+    try:
+        sections = dict(
+            queue={"per_user": jobs_per_user, "max_length": total, "jobs_per_hour": 0},
+            discord={"api_base_url": dfake.api_base, "gateway_url": dfake.gateway_url,
+                     "attachment_hosts": ["127.0.0.1"], "guild_ready_timeout_s": 0.05, "edit_interval_s": 1.0},
+            telegram={"api_base_url": tfake.base_url, "file_base_url": tfake.base_file_url,
+                      "edit_interval_private_s": 1.0, "edit_interval_group_s": 3.0},
+        )
+        config = make_config(tmp, **sections)
+        cfg_path = write_config(tmp / "config.toml", {
+            "engine": {"model": "tiny", "device": "cpu"}, "presets": TINY_PRESETS,
+            "storage": {"url": config.storage.url, "data_dir": config.storage.data_dir}})
+        worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--config", str(cfg_path)],
+                                  cwd=ROOT, stderr=open(tmp / "worker.log", "w"),
+                                  # On a GPU machine the worker barely uses the CPU; here the tiny model
+                                  # renders on it, so it yields the CPU to the front end as a GPU would.
+                                  preexec_fn=lambda: os.nice(10))
+        service = JobService(config)
+        await service.start()
+        core = BotCore(config, service)
+        discord_fe = DiscordFrontEnd(core, config, dfake.token)
+        telegram_fe = TelegramFrontEnd(core, config, tfake.token, poll_timeout=1)
+        await discord_fe.start()
+        await telegram_fe.start()
+        proc = psutil.Process()
+        stalls: list[float] = []
+        stop = asyncio.Event()
+        image = photo_bytes()
+        try:
+            while await service.worker_state() not in ("ready", "busy"):
+                await asyncio.sleep(0.1)
+            monitor = asyncio.create_task(stall_monitor(stop, stalls))
+            # Half the users on Discord, half on Telegram; every user sends all their jobs at once.
+            d_users = [await fakes.sync(dfake.add_member, f"user{i}") for i in range(users // 2)]
+            t_users = [await fakes.sync(tfake.user, f"tuser{i}", language_code="en")
+                       for i in range(users - users // 2)]
+            interactions, photos = [], []
+            t_start = time.monotonic()
+            for n in range(jobs_per_user):
+                for uid in d_users:
+                    att = await fakes.sync(dfake.add_attachment, "photo.png", image, "image/png")
+                    interactions.append(await fakes.call(dfake.slash_command(
+                        "animate", [{"name": "image", "value": att}, {"name": "prompt", "value": f"waves {n}"}],
+                        user_id=uid)))
+                for user in t_users:
+                    chat = await fakes.sync(tfake.private_chat, user)
+                    photos.append(await fakes.sync(tfake.send_photo, chat, user, image,
+                                                   caption=f"/animate waves {n}"))
+            rss_after_50 = None
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                jobs = await service.store.jobs(limit=100000)
+                finished = [j for j in jobs if j.state.final and j.delivered]
+                if rss_after_50 is None and len(finished) >= 50:
+                    rss_after_50 = proc.memory_info().rss
+                if len(jobs) >= total and len(finished) == len(jobs):
+                    break
+                await asyncio.sleep(0.5)
+            elapsed = time.monotonic() - t_start
+            rss_end = proc.memory_info().rss
+            jobs = await service.store.jobs(limit=100000)
+        finally:
+            stop.set()
+            await monitor
+            await core.close()
+            await discord_fe.close()
+            await telegram_fe.close()
+            await service.close()
+            worker.terminate()
+            worker.wait(30)
+
+        # What each user saw: one upload (or one final error) per job, on each platform.
+        d_results = []
+        for inter in interactions:
+            uploads = [r for r in dfake.requests_matching("PATCH", ORIGINAL)
+                       if inter.token in r.path and r.files and r.status < 300]
+            uploads += [r for r in dfake.requests_matching("POST", r"/channels/\d+/messages$")
+                        if r.files and r.status < 300 and (r.json or {}).get("nonce", "").endswith("v")
+                        and inter.token in str(r.json)]
+            d_results.append(len(uploads))
+        t_results = []
+        for sent in photos:
+            videos = [c for c in tfake.calls_to("sendVideo", sent.chat_id)
+                      if c.ok and (c.params.get("reply_parameters") or {}).get("message_id") == sent.message_id]
+            errors = [c for c in tfake.calls_to("sendMessage", sent.chat_id)
+                      if c.ok and (c.params.get("reply_parameters") or {}).get("message_id") == sent.message_id
+                      and c.params.get("text", "").startswith(("❌", "🚫"))]
+            t_results.append(len(videos) + len(errors))
+    finally:
+        await fakes.call(dfake.__aexit__(None, None, None))
+        await fakes.call(tfake.__aexit__(None, None, None))
+        fakes.close()
+    states: dict[str, int] = {}
+    for j in jobs:
+        states[str(j.state)] = states.get(str(j.state), 0) + 1
+    return {
+        "users": users, "jobs_sent": total, "jobs_stored": len(jobs), "states": states,
+        "all_final_and_delivered": all(j.state.final and j.delivered for j in jobs) and len(jobs) == total,
+        "discord_results_per_job": sorted(set(d_results)), "telegram_results_per_job": sorted(set(t_results)),
+        "elapsed_s": elapsed, "jobs_per_min": 60 * len(jobs) / elapsed,
+        "max_stall_ms": 1000 * max(stalls), "p99_stall_ms": 1000 * sorted(stalls)[int(0.99 * (len(stalls) - 1))],
+        "rss_after_50_mb": (rss_after_50 or 0) / 2**20, "rss_end_mb": rss_end / 2**20,
+        "rss_growth_pct": 100 * (rss_end - (rss_after_50 or rss_end)) / (rss_after_50 or rss_end),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--jobs-per-user", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    r = asyncio.run(run(args.users, args.jobs_per_user, args.timeout), debug=bool(os.environ.get("LOAD_DEBUG")))
+    print(f"{r['users']} users, {r['jobs_sent']} jobs through Discord and Telegram fakes, tiny model 64x64, 2 steps")
+    print(f"jobs stored {r['jobs_stored']}, final states {r['states']}, "
+          f"all final and delivered: {r['all_final_and_delivered']}")
+    print(f"results or errors per job seen by users: discord {r['discord_results_per_job']}, "
+          f"telegram {r['telegram_results_per_job']} (must be [1])")
+    print(f"throughput {r['jobs_per_min']:.0f} jobs/min over {r['elapsed_s']:.0f} s")
+    print(f"front-end event loop: max stall {r['max_stall_ms']:.1f} ms, p99 {r['p99_stall_ms']:.1f} ms (limit 100)")
+    print(f"front-end RSS after 50 jobs {r['rss_after_50_mb']:.1f} MiB, at the end {r['rss_end_mb']:.1f} MiB, "
+          f"growth {r['rss_growth_pct']:.1f}% (limit 10%)")
+    ok = (r["all_final_and_delivered"] and r["discord_results_per_job"] == [1]
+          and r["telegram_results_per_job"] == [1] and r["max_stall_ms"] < 100 and r["rss_growth_pct"] < 10)
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
