@@ -101,7 +101,6 @@ COMMANDS = {
 PTB_LOGGERS = ("telegram", "telegram.Bot", "telegram.ext", "telegram.ext.ExtBot", "telegram.ext.Application",
                "telegram.ext.Updater", "telegram.ext.JobQueue", "telegram.request.BaseRequest",
                "telegram.request.HTTPXRequest", "httpx")
-INFO_USAGE = UserError("Reply to one of my videos with /info to see how it was made.", "info_usage")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -150,6 +149,10 @@ def keyboard(buttons: list[Button], per_row: int = 2) -> InlineKeyboardMarkup | 
 def reply_to(message_id: int | None) -> ReplyParameters | None:
     # The user may have deleted their message meanwhile: post anyway rather than fail.
     return ReplyParameters(message_id, allow_sending_without_reply=True) if message_id else None
+
+
+def info_usage() -> UserError:
+    return UserError("Reply to one of my videos with /info to see how it was made.", "info_usage")
 
 
 def command_rest(text: str) -> str:
@@ -607,6 +610,7 @@ class TelegramFrontEnd:
         except UserError as exc:
             await self._refuse(message, exc)
             return
+        self._drop_expired_asks()
         key = (message.chat_id, message.from_user.id)
         self._pending[key] = PendingAsk(ask.prompt, ask.preset, time.monotonic() + PENDING_ASK_S)
         # ForceReply: in groups with privacy mode on, only replies to the bot reach it.
@@ -672,7 +676,11 @@ class TelegramFrontEnd:
         except UserError as exc:
             await self._refuse(message, exc)
             return
-        if source.media_group_id:
+        except Exception as exc:
+            log.exception("starting a job failed: %s", type(exc).__name__)
+            await self._reply(message, t(locale, "errors.generic"))
+            return
+        if source is message and message.media_group_id:   # only the album's first photo is animated
             await self._reply(message, t(locale, "errors.album"))
         await self._follow(submitted.job, message.chat_id, message.message_id, locale, user.first_name,
                            submitted.hints)
@@ -704,16 +712,18 @@ class TelegramFrontEnd:
                       hints: list[str]) -> None:
         """Post the job's status message, remember where it is, and let the core follow the job."""
         ui = TelegramJobUI(self, job.id, chat_id, reply_to_id, locale, mention)
-        text = await self._first_status(job, locale, hints)
         markup = keyboard([Button("cancel", job.id, t(locale, "buttons.cancel"))], per_row=1)
         try:
+            text = await self._first_status(job, locale, hints)
             sent = await with_retries(lambda: self.send_text(chat_id, text, reply_to_id, reply_markup=markup),
                                       attempts=3, retry_on=(RetryLater, TimedOut))
             ui.posted(sent.message_id, text, markup)
-        except TelegramError as exc:   # the job still runs; the result is posted when it is done
-            log.warning("job %s: no status message in %s: %s", job.id, chat_id, exc.message)
-        await ui.save_ref()
-        self._track(self.core.follow(job, ui, hints))
+            await ui.save_ref()
+        except Exception as exc:   # the job is queued either way: the follower posts what it can
+            log.warning("job %s: status message in %s not set up: %s: %s", job.id, chat_id,
+                        type(exc).__name__, self._redact(str(exc)))
+        finally:
+            self._track(self.core.follow(job, ui, hints))
 
     async def _first_status(self, job: Job, locale: str, hints: list[str]) -> str:
         """The text the follower's first event will show, so the status needs no immediate edit."""
@@ -733,7 +743,7 @@ class TelegramFrontEnd:
         query = update.callback_query
         user = query.from_user
         locale = user.language_code or "en"
-        text, alert = "", False
+        text, alert, new_job = "", False, None
         try:
             parsed = parse_custom_id(query.data or "")
             if parsed is None:
@@ -748,14 +758,15 @@ class TelegramFrontEnd:
                 await self._delete_quietly(chat_id, message.message_id)
             elif action == "info":
                 text, alert = await self._info_answer(query, text)
-            elif new_job is not None and chat_id is not None:
-                await self._follow(new_job, chat_id, message.message_id, locale, user.first_name, [])
         except UserError as exc:
             text, alert = error_text(exc, locale), True
         except Exception as exc:
             log.exception("button %s failed: %s", query.data, type(exc).__name__)
             text, alert = t(locale, "errors.generic"), True
-        await self._answer(query, text, alert)
+        await self._answer(query, text, alert)   # first: the button shows a spinner until answered
+        if new_job is not None and query.message is not None:
+            await self._follow(new_job, query.message.chat.id, query.message.message_id, locale,
+                               user.first_name, [])
 
     async def _info_answer(self, query: CallbackQuery, text: str) -> tuple[str, bool]:
         """The info fits an alert when short; otherwise the alert is shortened and the whole text posted."""
@@ -828,7 +839,7 @@ class TelegramFrontEnd:
             target = message.reply_to_message
             job_id = await self.job_for_message(message.chat_id, target.message_id) if target else None
             if job_id is None:
-                raise INFO_USAGE
+                raise info_usage()
             return self.core.info_text(await self.core.service.require(job_id), locale)
         await self._run_command(update, produce)
 

@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from bot import telegram_app
 from bot.core import BotCore, t
 from bot.telegram_app import TelegramFrontEnd
 from engine.jobs import Job, JobState
 from engine.prompts import load_templates
-from engine.video import probe_mp4
+from engine.video import probe_mp4, write_mp4
 from tests.fakes.telegram_server import Call, FakeTelegram
 from tests.harness import Stack, make_config, photo_bytes, running_stack
 
@@ -48,9 +50,30 @@ class Env:
         return await self.fake.wait_for(found, timeout)
 
 
+async def eventually(check, timeout: float = 10.0):
+    """Poll an async check (store state changes do not wake the fake's wait_for) until it is truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := await check()):
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def settle(stack: Stack, timeout: float = 10.0) -> None:
+    """Wait until every finished job's outcome is posted, so closing cancels no follower mid-write."""
+    async def settled() -> bool:
+        return all(j.delivered for j in await stack.service.store.jobs() if j.state.final)
+    await eventually(settled, timeout)
+
+
 def _enough(calls: list[Call], count: int) -> list[Call] | None:
     ok = [c for c in calls if c.ok]
     return ok if len(ok) >= count else None
+
+
+async def _delivered(env: Env, job_id: str) -> Job | None:
+    job = await env.stack.service.get(job_id)
+    return job if job.delivered else None
 
 
 def replied_to(call: Call) -> int | None:
@@ -59,17 +82,19 @@ def replied_to(call: Call) -> int | None:
 
 @contextlib.asynccontextmanager
 async def telegram_bot(tmp_path: Path, tiny_parts, *, with_worker: bool = True, telegram: dict | None = None,
+                       front_options: dict | None = None, settle_jobs: bool = True,
                        **sections) -> AsyncIterator[Env]:
     async with FakeTelegram() as fake:
         tg = {"api_base_url": fake.base_url, "file_base_url": fake.base_file_url, **(telegram or {})}
         config = make_config(tmp_path, telegram=tg, **sections)
         async with running_stack(config, tiny_parts, with_worker=with_worker) as stack:
-            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
+            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1, **(front_options or {}))
             await front.start()
             try:
                 yield Env(fake, stack, front)
+                if settle_jobs:
+                    await settle(stack)
             finally:
-                await stack.core.close()
                 await front.close()
         assert fake.unknown_methods == [] and fake.server_errors == []
 
@@ -112,8 +137,8 @@ async def test_captioned_photo_becomes_a_video_reply_in_the_users_language(tmp_p
 
         # The result replaces the status message; the store knows where the result is.
         await fake.wait_for(lambda: fake.message(chat.id, status_call.result["message_id"]).deleted)
-        job = await env.stack.service.get(job.id)
-        assert job.state == JobState.DONE and job.delivered and job.user == f"telegram:{alice.id}"
+        job = await eventually(lambda: _delivered(env, job.id))
+        assert job.state == JobState.DONE and job.user == f"telegram:{alice.id}"
         assert json.loads(job.status_ref)["result"] == upload.result["message_id"]
     assert fake.token not in caplog.text and fake.token.split(":")[1] not in caplog.text
 
@@ -172,7 +197,23 @@ async def test_prompt_then_photo_in_a_group_through_force_reply(tmp_path, tiny_p
         assert replied_to(upload) == photo.message_id
         [job] = await env.jobs()
         assert job.user == f"telegram:{bob.id}" and job.options["speed"] == "fast"
-        assert len(fake.bot_messages(group.id)) == 2   # the ask and the video; nothing for the other user
+        # The ask and the video remain (the status is deleted); nothing for the other user's photo.
+        await fake.wait_for(lambda: len(fake.bot_messages(group.id)) == 2)
+
+
+async def test_a_pending_ask_expires(tmp_path, tiny_parts, monkeypatch):
+    monkeypatch.setattr(telegram_app, "PENDING_ASK_S", 0.3)
+    async with telegram_bot(tmp_path, tiny_parts, with_worker=False) as env:
+        fake = env.fake
+        bob = fake.user("Bob")
+        group = fake.group_chat("Artists")
+        command = fake.send_text(group, bob, "/animate a dog running")
+        [ask] = await env.replies(command)
+        await asyncio.sleep(0.5)
+        late = fake.send_photo(group, bob, photo_bytes(), reply_to=ask.result["message_id"])
+        await fake.wait_for(lambda: late.update_id not in [u["update_id"] for u in fake.pending_updates])
+        await asyncio.sleep(0.3)
+        assert fake.downloads == [] and await env.jobs() == []
 
 
 # ---------------------------------------------------------------- refusals
@@ -193,7 +234,7 @@ async def test_refusals_are_clear_replies_before_any_download(tmp_path, tiny_par
         [big_reply] = await env.replies(big)
         [flag_reply] = await env.replies(flag)
         [camera_reply] = await env.replies(camera)
-        assert "这不是图片" in pdf_reply.params["text"]
+        assert "不支持这种格式" in pdf_reply.params["text"]
         assert "over the 20 MB limit" in big_reply.params["text"]
         assert "--wobble" in flag_reply.params["text"]
         assert "sideways" in camera_reply.params["text"] and "zoom-in" in camera_reply.params["text"]
@@ -287,6 +328,7 @@ async def test_caption_flags_reach_the_built_prompt_and_info_shows_them(tmp_path
         assert (job.options["camera"], job.options["speed"]) == ("zoom-in", "slow")
 
         result_id = upload.result["message_id"]
+        await settle(env.stack)
         env.front._results.clear()   # found again through the job's status_ref
         ask = fake.send_text(chat, alice, "/info", reply_to=result_id)
         [reply] = await env.replies(ask)
@@ -333,10 +375,75 @@ async def test_commands_queue_cancel_help_admin_and_allow_list(tmp_path, tiny_pa
                 assert await say(team, admin, f"/unban@animabot {user.id}") == t("en", "admin.unbanned",
                                                                                  user=user.id)
                 assert await say(team, user, "/forget") == t("zh", "admin.forgot", count=1)
+                await settle(stack)
             finally:
-                await stack.core.close()
                 await front.close()
         assert fake.unknown_methods == [] and fake.server_errors == []
+
+
+# ---------------------------------------------------------------- uploads
+
+
+@pytest.mark.parametrize("send_as, limit", [("animation", 50_000_000), ("video", 300)])
+async def test_animation_uploads_and_videos_too_big_to_send(tmp_path, tiny_parts, send_as, limit):
+    async with telegram_bot(tmp_path, tiny_parts, telegram={"send_as": send_as, "upload_limit_bytes": limit}) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+        sent = fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
+        [status_call] = await env.replies(sent)
+        status = fake.message(chat.id, status_call.result["message_id"])
+        if send_as == "animation":
+            [upload] = await fake.wait_for(lambda: _enough(fake.calls_to("sendAnimation"), 1), 30)
+            p = upload.params
+            assert (p["width"], p["height"], p["duration"]) == (64, 64, 1) and "Alice" in p["caption"]
+            assert replied_to(upload) == sent.message_id and fake.calls_to("sendVideo") == []
+        else:
+            await fake.wait_for(lambda: status.text == t("en", "status.too_big"), 30)
+            assert fake.calls_to("sendVideo") == [] and not status.buttons()
+
+
+async def test_a_shrunk_video_is_sent_with_its_own_size(tmp_path):
+    frames = np.zeros((8, 48, 80, 3), dtype=np.uint8)
+    frames[:, :, :40] = 200
+    shrunk = write_mp4(frames, tmp_path / "x.fit.mp4", fps=8)
+    job = Job(id="j", user="telegram:1", prompt_raw="p", prompt="p", preset="quick", seed=1, image_path="",
+              result_path=str(tmp_path / "x.mp4"), width=64, height=64, frames=4)
+    front = TelegramFrontEnd(None, make_config(tmp_path), "1:x")
+    assert await front.video_shape(job, Path(job.result_path)) == (64, 64, 1)
+    assert await front.video_shape(job, shrunk) == (80, 48, 1)
+
+
+async def test_uploads_are_retried_with_at_most_one_duplicate(tmp_path, tiny_parts):
+    # The last job stays undelivered on purpose: its follower gave up after two ambiguous timeouts.
+    async with telegram_bot(tmp_path, tiny_parts, front_options={"upload_timeout_s": 0.25},
+                            settle_jobs=False) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+
+        fake.fail_next("sendVideo", status=500)          # a server error: retried, one video
+        fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
+        await env.videos(1)
+        await settle(env.stack)
+        assert [c.status for c in fake.calls_to("sendVideo")] == [500, 200]
+
+        fake.delay_next("sendVideo", 0.4)                # times out but arrives: one duplicate at most
+        fake.send_photo(chat, alice, photo_bytes(seed=1), caption="/animate a dog")
+        await env.videos(3)
+        await settle(env.stack)
+        assert [c.status for c in fake.calls_to("sendVideo")] == [500, 200, 200, 200]
+
+        fake.delay_next("sendVideo", 0.8, times=3)       # two ambiguous timeouts: no third copy
+        third = fake.send_photo(chat, alice, photo_bytes(seed=2), caption="/animate a bird")
+        await env.videos(5, timeout=30)   # both copies arrive late
+        [status_call] = await env.replies(third)
+        status = fake.message(chat.id, status_call.result["message_id"])
+        await fake.wait_for(lambda: status.text == t("en", "status.delivering"), 10)
+        await asyncio.sleep(0.5)
+        assert [c.status for c in fake.calls_to("sendVideo")] == [500] + [200] * 5
+        jobs = sorted(await env.jobs(), key=lambda j: j.created_at)
+        assert [j.delivered for j in jobs] == [True, True, False]
 
 
 # ---------------------------------------------------------------- flood control and pacing
@@ -356,7 +463,7 @@ async def test_flood_wait_on_an_edit_is_waited_out(tmp_path, tiny_parts):
         after = [c for c in edits[1:] if c.ok]
         assert after and after[0].time - edits[0].time >= 1.0
         [job] = await env.jobs()
-        assert job.delivered
+        assert await eventually(lambda: _delivered(env, job.id))
 
 
 async def test_edits_in_a_group_stay_apart_across_jobs(tmp_path, tiny_parts):
@@ -390,8 +497,8 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
             chat = fake.private_chat(alice)
             sent = fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
             [status] = await Env(fake, stack, first).replies(sent)
-            await stack.core.close()
             await first.close()
+            assert (await stack.service.store.jobs())[0].state == JobState.QUEUED
 
             core = BotCore(config, stack.service)
             second = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
@@ -401,9 +508,13 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
             try:
                 [upload] = await Env(fake, stack, second).videos()
                 assert replied_to(upload) == sent.message_id and "Alice" in upload.params["caption"]
-                assert fake.message(chat.id, status.result["message_id"]).deleted
+                await fake.wait_for(lambda: fake.message(chat.id, status.result["message_id"]).deleted)
+                await settle(stack)
+                result = fake.message(chat.id, upload.result["message_id"])
+                info = fake.press_button(chat, alice, result, result.callback_data()[-1])
+                await fake.wait_for(lambda: info.answered)
+                assert "Seed:" in info.answer["text"]
             finally:
-                await core.close()
                 await second.close()
                 worker.stop()
                 await asyncio.wait_for(task, 30)
