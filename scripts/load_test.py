@@ -89,8 +89,9 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
         cfg_path = write_config(tmp / "config.toml", {
             "engine": {"model": "tiny", "device": "cpu"}, "presets": TINY_PRESETS,
             "storage": {"url": config.storage.url, "data_dir": config.storage.data_dir}})
+        worker_log = open(tmp / "worker.log", "w")  # noqa: SIM115 - lives as long as the worker
         worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--config", str(cfg_path)],
-                                  cwd=ROOT, stderr=open(tmp / "worker.log", "w"),
+                                  cwd=ROOT, stderr=worker_log,
                                   # On a GPU machine the worker barely uses the CPU; here the tiny model
                                   # renders on it, so it yields the CPU to the front end as a GPU would.
                                   preexec_fn=lambda: os.nice(10))
@@ -147,6 +148,7 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
             await service.close()
             worker.terminate()
             worker.wait(30)
+            worker_log.close()
 
         # What each user saw: one upload (or one final error) per job, on each platform.
         d_results = []
