@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -145,13 +146,14 @@ def cmd_generate(args) -> int:
     preset_name = _resolve_preset(config, args.preset, text, image)
     out = Path(args.out) if args.out else Path(args.image).with_suffix(".mp4")
 
+    from engine.fastpath import build_renderer
     from engine.model import load_model
-    from engine.renderer import Renderer
     from engine.video import write_mp4
 
     eng = config.engine
     parts = load_model(eng.model, eng.device, eng.low_vram if isinstance(eng.low_vram, bool) else None)
-    renderer = Renderer(parts, decode_chunk_size=eng.decode_chunk_size)
+    # One render never pays back a compile: the CLI runs eagerly (fused QKV and decode chunking still apply).
+    renderer = build_renderer(parts, dataclasses.replace(eng, compile=False), config.presets, config.data_dir)
     seed = args.seed if args.seed is not None else int(time.time() * 1000) % (2**31)
     bar = _ProgressBar(args.json)
 

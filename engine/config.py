@@ -19,7 +19,7 @@ class EngineConfig:
     low_vram: str | bool = "auto"
     local_worker: bool = True
     decode_chunk_size: int = 8
-    vae_memory_budget_gib: float = 4.0
+    vae_memory_budget_gib: float = 3.0
     negative_prompt: str = ""
     # Test and demo knobs: a delay per step, and a simulated CUDA OOM at a given step of the first attempt.
     step_delay_s: float = 0.0

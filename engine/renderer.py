@@ -35,9 +35,19 @@ class RenderResult:
 
 
 class Renderer:
-    def __init__(self, parts: ModelParts, decode_chunk_size: int = 8):
+    """decode_chunk(width, height, frames), when given, picks the frames per VAE decode call for each render
+    (a memory budget); otherwise every render decodes decode_chunk_size frames at a time."""
+
+    def __init__(self, parts: ModelParts, decode_chunk_size: int = 8,
+                 decode_chunk: Callable[[int, int, int], int] | None = None):
         self.parts = parts
         self.decode_chunk_size = decode_chunk_size
+        self.decode_chunk = decode_chunk
+
+    def decode_chunk_for(self, width: int, height: int, frames: int) -> int:
+        if self.decode_chunk is None:
+            return self.decode_chunk_size
+        return self.decode_chunk(width, height, frames)
 
     def render(
         self,
@@ -85,7 +95,7 @@ class Renderer:
             steps=preset.steps, scheduler=preset.scheduler, guidance=preset.guidance, frames=preset.frames,
             width=width, height=height, seed=seed, fps=preset.fps,
             on_step=record_step, should_cancel=should_cancel, step_hook=step_hook,
-            decode_chunk_size=self.decode_chunk_size,
+            decode_chunk_size=self.decode_chunk_for(width, height, preset.frames),
         )
         return RenderResult(
             frames=frames, fps=preset.fps, preset=preset, fell_back=fell_back, width=width, height=height,

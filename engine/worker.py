@@ -107,14 +107,17 @@ class Worker:
             self.state = "ready"
             await self.store.heartbeat(self.id, self.state)
             return
+        from engine.fastpath import build_renderer
         from engine.model import load_model
-        from engine.renderer import Renderer
 
         t0 = time.perf_counter()
         eng = self.config.engine
         low_vram = eng.low_vram if isinstance(eng.low_vram, bool) else None
         parts = await asyncio.to_thread(load_model, self.model_spec, eng.device, low_vram)
-        self.renderer = Renderer(parts, decode_chunk_size=eng.decode_chunk_size)
+        # On CUDA: compiled UNet, fused QKV, decode chunk within the memory budget, every aspect bucket warmed
+        # here so no user pays for a compile.
+        self.renderer = await asyncio.to_thread(build_renderer, parts, eng, self.config.presets,
+                                                self.config.data_dir)
         self.state = "ready"
         await self.store.heartbeat(self.id, self.state)
         log.info("worker %s ready: model %s loaded in %.1f s", self.id, self.model_spec, time.perf_counter() - t0)

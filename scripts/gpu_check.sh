@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU check: install the wheels carried in .whl/ (see docs/PERFORMANCE.md for how to fill it), then run
+# the full bench on the random full-size model. Output goes to $OUT/bench.txt (and env.txt beside it).
+# Meant for a machine with one CUDA GPU and torch already installed; finishes within 9 minutes.
+#
+#   bash scripts/gpu_check.sh            # OUT defaults to /tmp/gpu-check-out
+#   ENGINE_COMPILE_MODE=default bash scripts/gpu_check.sh   # a quicker first compile than max-autotune
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+OUT="${OUT:-/tmp/gpu-check-out}"
+BENCH_LIMIT_S="${BENCH_LIMIT_S:-500}"   # the bench plans for 450 s; this is the hard stop
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+start=$(date +%s)
+
+{
+    echo "== machine"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
+    "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'
+} 2>&1 | tee "$OUT/env.txt"
+
+# Install the carried wheels that are missing here or present at another version; numpy and pillow stay as
+# the image has them when it has them, and torch is never carried. --no-deps: the folder holds the closure.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    missing=$("$PY" - <<'EOF'
+import glob, importlib.metadata as md
+keep_any = {"numpy", "pillow"}
+for path in sorted(glob.glob(".whl/*.whl")):
+    name, wanted = path.rsplit("/", 1)[1].split("-")[:2]
+    try:
+        have = md.version(name)
+    except md.PackageNotFoundError:
+        print(path)
+        continue
+    if have != wanted and name.lower() not in keep_any:
+        print(path)
+EOF
+)
+    if [ -n "$missing" ]; then
+        # shellcheck disable=SC2086
+        "$PY" -m pip install --quiet --no-deps --no-index --disable-pip-version-check $missing 2>&1 \
+            | tee -a "$OUT/env.txt"
+    fi
+else
+    echo "no .whl/ folder: using the packages already installed" | tee -a "$OUT/env.txt"
+fi
+
+"$PY" - 2>&1 <<'EOF' | tee -a "$OUT/env.txt"
+import importlib
+versions = []
+for name in ("torch", "diffusers", "transformers", "accelerate", "huggingface_hub", "tokenizers",
+             "safetensors", "numpy", "PIL"):
+    try:
+        versions.append(f"{name} {importlib.import_module(name).__version__}")
+    except Exception as exc:
+        versions.append(f"{name} MISSING ({type(exc).__name__}: {exc})")
+print("== packages:", ", ".join(versions))
+EOF
+
+echo "== bench (hard stop ${BENCH_LIMIT_S} s)" | tee -a "$OUT/env.txt"
+timeout --signal=TERM --kill-after=15 "$BENCH_LIMIT_S" \
+    "$PY" -m engine bench --model random-full --repeat 3 2>&1 | tee "$OUT/bench.txt"
+status=${PIPESTATUS[0]}
+echo "== bench exit code $status, whole check $(( $(date +%s) - start )) s" | tee -a "$OUT/bench.txt"
+exit "$status"
