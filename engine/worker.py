@@ -45,6 +45,7 @@ class _Progress:
     fell_back: str = ""
     notify: object = None       # wakes the progress pump from the render thread
     lost: bool = False          # another worker took the job over (our lease had lapsed)
+    finished: bool = False      # the render is over: the pump stops
     fallback_shape: tuple[int, int, int, int] | None = None  # steps, width, height, frames
 
 
@@ -187,9 +188,13 @@ class Worker:
             log.exception("job %s failed", job.id)
             return await self._fail(job, "The renderer hit an unexpected error; please try again.")
         finally:
+            # A flag as well as cancel(): in Python 3.11 wait_for() can swallow a cancellation, and a pump
+            # that missed it would keep this job from ever finishing.
+            progress.finished = True
+            if progress.notify:
+                progress.notify()
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await asyncio.wait({pump}, timeout=5)
             _free_memory()
         seconds = time.perf_counter() - t0
         steps_s = result.step_seconds[1:] or result.step_seconds  # the first step carries warm-up
@@ -254,10 +259,12 @@ class Worker:
         progress.notify = lambda: loop.call_soon_threadsafe(wake.set)
         fell_back_written = ""
         last_write = 0.0
-        while True:
+        while not progress.finished:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), PROGRESS_WRITE_S)
             wake.clear()
+            if progress.finished:
+                return
             gap = last_write + PROGRESS_WRITE_S - time.monotonic()
             if gap > 0:
                 await asyncio.sleep(gap)
