@@ -27,6 +27,8 @@ log = logging.getLogger("bot.core")
 
 MESSAGES_DIR = Path(__file__).resolve().parent.parent / "templates" / "messages"
 BAR_WIDTH = 12
+QUEUE_DETAIL_POSITIONS = 3          # statuses this close to the front follow every move
+DEEP_QUEUE_EDIT_INTERVAL_S = 10.0   # further back, at most one edit this often
 
 
 # ---------------------------------------------------------------- texts
@@ -416,6 +418,10 @@ class BotCore:
                     await with_retries(lambda text=text: ui.finish(text))
                     await self.service.mark_delivered(job.id)
                     return
+                # Deep in a long queue, every start elsewhere moves a job up one place: edit those statuses
+                # rarely, so a busy queue does not spend the platform's rate limit on position changes.
+                deep = state.phase == "queued" and state.position > QUEUE_DETAIL_POSITIONS
+                edits.min_interval_s = max(ui.min_edit_interval_s, DEEP_QUEUE_EDIT_INTERVAL_S if deep else 0)
                 edits.update(state.render(locale))
         except UserError as exc:   # the job vanished (forgotten, expired)
             log.info("stopped following job %s: %s", job.id, exc)

@@ -2,7 +2,7 @@
 python-telegram-bot clients, the real bot core and job service on a SQLite file, and a real worker process
 rendering with the tiny model at 64x64 and two steps).
 
-Checks and prints: every job ends in exactly one final state; every user gets exactly one result or error per
+The fakes and the simulated users run in a process of their own. Checks and prints: every job ends in exactly one final state; every user gets exactly one result or error per
 job; the front end's longest event-loop stall; resident memory growth after the first 50 jobs.
 
     .venv/bin/python scripts/load_test.py [--users 100] [--jobs-per-user 5]
@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,137 +46,130 @@ async def stall_monitor(stop: asyncio.Event, stalls: list[float], tick_s: float 
         stalls.append(time.perf_counter() - t0 - tick_s)
 
 
-class FakesThread:
-    """The fake platforms run on their own event loop in another thread, so the stall measured on the bot's
-    loop is the bot's own, not the fakes' (or the simulated users')."""
+def fakes_process(conn, users: int, jobs_per_user: int) -> None:
+    """The fake platforms and the simulated users, in a process of their own: the bot's event loop and memory
+    are then the bot's alone, as they are in production where Discord and Telegram are far away."""
+    asyncio.run(_fakes(conn, users, jobs_per_user))
 
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fakes", daemon=True)
-        self.thread.start()
 
-    def call(self, coro):
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def sync(self, fn, *args, **kwargs):
-        async def run():
-            return fn(*args, **kwargs)
-        return self.call(run())
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+async def _fakes(conn, users: int, jobs_per_user: int) -> None:
+    loop = asyncio.get_running_loop()
+    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
+    async with FakeDiscord() as dfake, FakeTelegram() as tfake:
+        conn.send({"discord": (dfake.api_base, dfake.gateway_url, dfake.token),
+                   "telegram": (tfake.base_url, tfake.base_file_url, tfake.token)})
+        await recv()  # the bot is up
+        image = photo_bytes()
+        # Half the users on Discord, half on Telegram; every user sends all their jobs at once.
+        d_users = [dfake.add_member(f"user{i}") for i in range(users // 2)]
+        t_users = [tfake.user(f"tuser{i}", language_code="en") for i in range(users - users // 2)]
+        interactions, photos = [], []
+        for n in range(jobs_per_user):
+            for uid in d_users:
+                att = dfake.add_attachment("photo.png", image, "image/png")
+                interactions.append(await dfake.slash_command(
+                    "animate", [{"name": "image", "value": att}, {"name": "prompt", "value": f"waves {n}"}],
+                    user_id=uid))
+            for user in t_users:
+                photos.append(tfake.send_photo(tfake.private_chat(user), user, image, caption=f"/animate waves {n}"))
+        conn.send({"sent": len(interactions) + len(photos)})
+        await recv()  # every job is final and delivered
+        # What each user saw: one upload (or one final error) per job, on each platform.
+        uploads = [r for r in dfake.requests_matching("PATCH", ORIGINAL) if r.files and r.status < 300]
+        d_results = [sum(1 for r in uploads if inter.token in r.path) for inter in interactions]
+        t_results = []
+        for sent in photos:
+            def replies(method, sent=sent):
+                return [c for c in tfake.calls_to(method, sent.chat_id) if c.ok
+                        and (c.params.get("reply_parameters") or {}).get("message_id") == sent.message_id]
+            errors = [c for c in replies("sendMessage") if c.params.get("text", "").startswith(("❌", "🚫"))]
+            t_results.append(len(replies("sendVideo")) + len(errors))
+        conn.send({"discord": sorted(set(d_results)), "telegram": sorted(set(t_results)),
+                   "edits": len(dfake.requests_matching("PATCH", ORIGINAL)) + len(tfake.calls_to("editMessageText"))})
 
 
 async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
+    import multiprocessing
+
     asyncio.get_running_loop().slow_callback_duration = 0.05
     tmp = Path(tempfile.mkdtemp(prefix="load-"))
     total = users * jobs_per_user
-    fakes = FakesThread()
-    dfake, tfake = FakeDiscord(), FakeTelegram()
-    await fakes.call(dfake.__aenter__())
-    await fakes.call(tfake.__aenter__())
+    conn, child_conn = multiprocessing.Pipe()
+    fakes = multiprocessing.get_context("spawn").Process(target=fakes_process, args=(child_conn, users,
+                                                                                     jobs_per_user))
+    fakes.start()
+    loop = asyncio.get_running_loop()
+    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
+    urls = await recv()
+    (d_api, d_gateway, d_token), (t_api, t_files, t_token) = urls["discord"], urls["telegram"]
+    config = make_config(
+        tmp, queue={"per_user": jobs_per_user, "max_length": total, "jobs_per_hour": 0},
+        discord={"api_base_url": d_api, "gateway_url": d_gateway, "attachment_hosts": ["127.0.0.1"],
+                 "guild_ready_timeout_s": 0.05, "edit_interval_s": 1.0},
+        telegram={"api_base_url": t_api, "file_base_url": t_files, "edit_interval_private_s": 1.0,
+                  "edit_interval_group_s": 3.0})
+    cfg_path = write_config(tmp / "config.toml", {
+        "engine": {"model": "tiny", "device": "cpu"}, "presets": TINY_PRESETS,
+        "storage": {"url": config.storage.url, "data_dir": config.storage.data_dir}})
+    worker_log = open(tmp / "worker.log", "w")  # noqa: SIM115 - lives as long as the worker
+    worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--config", str(cfg_path)],
+                              cwd=ROOT, stderr=worker_log,
+                              # On a GPU machine the worker barely uses the CPU; here the tiny model
+                              # renders on it, so it yields the CPU to the front end as a GPU would.
+                              preexec_fn=lambda: os.nice(10))
+    service = JobService(config)
+    await service.start()
+    core = BotCore(config, service)
+    discord_fe = DiscordFrontEnd(core, config, d_token)
+    telegram_fe = TelegramFrontEnd(core, config, t_token, poll_timeout=1)
+    await discord_fe.start()
+    await telegram_fe.start()
+    proc = psutil.Process()
+    stalls: list[float] = []
+    stop = asyncio.Event()
+    monitor = None
     try:
-        sections = dict(
-            queue={"per_user": jobs_per_user, "max_length": total, "jobs_per_hour": 0},
-            discord={"api_base_url": dfake.api_base, "gateway_url": dfake.gateway_url,
-                     "attachment_hosts": ["127.0.0.1"], "guild_ready_timeout_s": 0.05, "edit_interval_s": 1.0},
-            telegram={"api_base_url": tfake.base_url, "file_base_url": tfake.base_file_url,
-                      "edit_interval_private_s": 1.0, "edit_interval_group_s": 3.0},
-        )
-        config = make_config(tmp, **sections)
-        cfg_path = write_config(tmp / "config.toml", {
-            "engine": {"model": "tiny", "device": "cpu"}, "presets": TINY_PRESETS,
-            "storage": {"url": config.storage.url, "data_dir": config.storage.data_dir}})
-        worker_log = open(tmp / "worker.log", "w")  # noqa: SIM115 - lives as long as the worker
-        worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--config", str(cfg_path)],
-                                  cwd=ROOT, stderr=worker_log,
-                                  # On a GPU machine the worker barely uses the CPU; here the tiny model
-                                  # renders on it, so it yields the CPU to the front end as a GPU would.
-                                  preexec_fn=lambda: os.nice(10))
-        service = JobService(config)
-        await service.start()
-        core = BotCore(config, service)
-        discord_fe = DiscordFrontEnd(core, config, dfake.token)
-        telegram_fe = TelegramFrontEnd(core, config, tfake.token, poll_timeout=1)
-        await discord_fe.start()
-        await telegram_fe.start()
-        proc = psutil.Process()
-        stalls: list[float] = []
-        stop = asyncio.Event()
-        image = photo_bytes()
-        try:
-            while await service.worker_state() not in ("ready", "busy"):
-                await asyncio.sleep(0.1)
-            monitor = asyncio.create_task(stall_monitor(stop, stalls))
-            # Half the users on Discord, half on Telegram; every user sends all their jobs at once.
-            d_users = [await fakes.sync(dfake.add_member, f"user{i}") for i in range(users // 2)]
-            t_users = [await fakes.sync(tfake.user, f"tuser{i}", language_code="en")
-                       for i in range(users - users // 2)]
-            interactions, photos = [], []
-            t_start = time.monotonic()
-            for n in range(jobs_per_user):
-                for uid in d_users:
-                    att = await fakes.sync(dfake.add_attachment, "photo.png", image, "image/png")
-                    interactions.append(await fakes.call(dfake.slash_command(
-                        "animate", [{"name": "image", "value": att}, {"name": "prompt", "value": f"waves {n}"}],
-                        user_id=uid)))
-                for user in t_users:
-                    chat = await fakes.sync(tfake.private_chat, user)
-                    photos.append(await fakes.sync(tfake.send_photo, chat, user, image,
-                                                   caption=f"/animate waves {n}"))
-            rss_after_50 = None
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                jobs = await service.store.jobs(limit=100000)
-                finished = [j for j in jobs if j.state.final and j.delivered]
-                if rss_after_50 is None and len(finished) >= 50:
-                    rss_after_50 = proc.memory_info().rss
-                if len(jobs) >= total and len(finished) == len(jobs):
-                    break
-                await asyncio.sleep(0.5)
-            elapsed = time.monotonic() - t_start
-            rss_end = proc.memory_info().rss
+        while await service.worker_state() not in ("ready", "busy"):
+            await asyncio.sleep(0.1)
+        monitor = asyncio.create_task(stall_monitor(stop, stalls))
+        t_start = time.monotonic()
+        conn.send("go")
+        await recv()  # all sent
+        rss_after_50 = None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
             jobs = await service.store.jobs(limit=100000)
-        finally:
-            stop.set()
-            await monitor
-            await core.close()
-            await discord_fe.close()
-            await telegram_fe.close()
-            await service.close()
-            worker.terminate()
-            worker.wait(30)
-            worker_log.close()
-
-        # What each user saw: one upload (or one final error) per job, on each platform.
-        d_results = []
-        for inter in interactions:
-            uploads = [r for r in dfake.requests_matching("PATCH", ORIGINAL)
-                       if inter.token in r.path and r.files and r.status < 300]
-            uploads += [r for r in dfake.requests_matching("POST", r"/channels/\d+/messages$")
-                        if r.files and r.status < 300 and (r.json or {}).get("nonce", "").endswith("v")
-                        and inter.token in str(r.json)]
-            d_results.append(len(uploads))
-        t_results = []
-        for sent in photos:
-            videos = [c for c in tfake.calls_to("sendVideo", sent.chat_id)
-                      if c.ok and (c.params.get("reply_parameters") or {}).get("message_id") == sent.message_id]
-            errors = [c for c in tfake.calls_to("sendMessage", sent.chat_id)
-                      if c.ok and (c.params.get("reply_parameters") or {}).get("message_id") == sent.message_id
-                      and c.params.get("text", "").startswith(("❌", "🚫"))]
-            t_results.append(len(videos) + len(errors))
+            finished = [j for j in jobs if j.state.final and j.delivered]
+            if rss_after_50 is None and len(finished) >= 50:
+                rss_after_50 = proc.memory_info().rss
+            if len(jobs) >= total and len(finished) == len(jobs):
+                break
+            await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - t_start
+        rss_end = proc.memory_info().rss
+        jobs = await service.store.jobs(limit=100000)
     finally:
-        await fakes.call(dfake.__aexit__(None, None, None))
-        await fakes.call(tfake.__aexit__(None, None, None))
-        fakes.close()
+        stop.set()
+        if monitor:
+            await monitor
+        await core.close()
+        await discord_fe.close()
+        await telegram_fe.close()
+        await service.close()
+        worker.terminate()
+        worker.wait(30)
+        worker_log.close()
+    conn.send("done")
+    seen = await recv()
+    fakes.join(30)
     states: dict[str, int] = {}
     for j in jobs:
         states[str(j.state)] = states.get(str(j.state), 0) + 1
     return {
         "users": users, "jobs_sent": total, "jobs_stored": len(jobs), "states": states,
         "all_final_and_delivered": all(j.state.final and j.delivered for j in jobs) and len(jobs) == total,
-        "discord_results_per_job": sorted(set(d_results)), "telegram_results_per_job": sorted(set(t_results)),
+        "discord_results_per_job": seen["discord"], "telegram_results_per_job": seen["telegram"],
+        "edits": seen["edits"],
         "elapsed_s": elapsed, "jobs_per_min": 60 * len(jobs) / elapsed,
         "max_stall_ms": 1000 * max(stalls), "p99_stall_ms": 1000 * sorted(stalls)[int(0.99 * (len(stalls) - 1))],
         "rss_after_50_mb": (rss_after_50 or 0) / 2**20, "rss_end_mb": rss_end / 2**20,
@@ -198,7 +190,7 @@ def main() -> int:
           f"all final and delivered: {r['all_final_and_delivered']}")
     print(f"results or errors per job seen by users: discord {r['discord_results_per_job']}, "
           f"telegram {r['telegram_results_per_job']} (must be [1])")
-    print(f"throughput {r['jobs_per_min']:.0f} jobs/min over {r['elapsed_s']:.0f} s")
+    print(f"throughput {r['jobs_per_min']:.0f} jobs/min over {r['elapsed_s']:.0f} s; status edits sent {r['edits']}")
     print(f"front-end event loop: max stall {r['max_stall_ms']:.1f} ms, p99 {r['p99_stall_ms']:.1f} ms (limit 100)")
     print(f"front-end RSS after 50 jobs {r['rss_after_50_mb']:.1f} MiB, at the end {r['rss_end_mb']:.1f} MiB, "
           f"growth {r['rss_growth_pct']:.1f}% (limit 10%)")
