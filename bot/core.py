@@ -312,6 +312,23 @@ class BotCore:
         self.service = service
         self._followers: dict[str, asyncio.Task] = {}
         self.metrics = None   # engine.metrics.Metrics, when enabled
+        # Image decoding in threads competes with the event loop for the GIL: a burst of uploads is worked
+        # through one at a time instead of stalling every chat at once.
+        self._image_work = asyncio.Semaphore(1)
+        self._warm_up()
+
+    @staticmethod
+    def _warm_up() -> None:
+        """Import what the first jobs need now: an import inside the event loop (or one that the loop waits
+        for on the import lock while a thread imports) stalls every chat for a second or more."""
+        import engine.detail  # noqa: F401
+        import engine.validate  # noqa: F401
+        import engine.video  # noqa: F401
+        from engine.prompts import load_templates
+
+        load_templates()
+        with contextlib.suppress(ImportError):
+            import sniffio  # noqa: F401  (httpx/httpcore import it lazily on first close)
 
     # ---- input ----
 
@@ -336,14 +353,16 @@ class BotCore:
 
         text = self.check_prompt(req.prompt, req.scope)
         lim = self.config.limits
-        image = await asyncio.to_thread(load_image, req.image, max_bytes=lim.max_image_bytes,
-                                        max_pixels=lim.max_image_pixels, min_side=lim.min_image_side)
+        async with self._image_work:
+            image = await asyncio.to_thread(load_image, req.image, max_bytes=lim.max_image_bytes,
+                                            max_pixels=lim.max_image_pixels, min_side=lim.min_image_side)
         camera = check_choice("camera", req.camera) if req.camera else None
         speed = check_choice("speed", req.speed) if req.speed else None
         templates = load_templates()
         built = build_prompt(PromptSpec(text, camera=camera, speed=speed), templates)
         hints = prompt_hints(text, templates.glossary)
-        preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
+        async with self._image_work:
+            preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
         job = await self.service.submit(
             user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
             seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,

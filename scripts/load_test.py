@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import subprocess
@@ -40,10 +41,13 @@ ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
 
 
 async def stall_monitor(stop: asyncio.Event, stalls: list[float], tick_s: float = 0.01) -> None:
+    start = time.perf_counter()
     while not stop.is_set():
         t0 = time.perf_counter()
         await asyncio.sleep(tick_s)
         stalls.append(time.perf_counter() - t0 - tick_s)
+        if stalls[-1] > 0.1:
+            print(f"stall of {stalls[-1] * 1000:.0f} ms at {t0 - start:.1f} s", file=sys.stderr)
 
 
 def fakes_process(conn, users: int, jobs_per_user: int) -> None:
@@ -125,6 +129,15 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
     await discord_fe.start()
     await telegram_fe.start()
     proc = psutil.Process()
+    gc_pauses: list[float] = []
+    gc_started = [0.0]
+
+    def gc_timer(phase, info):
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+    gc.callbacks.append(gc_timer)
     stalls: list[float] = []
     stop = asyncio.Event()
     monitor = None
@@ -171,6 +184,7 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
         "discord_results_per_job": seen["discord"], "telegram_results_per_job": seen["telegram"],
         "edits": seen["edits"],
         "elapsed_s": elapsed, "jobs_per_min": 60 * len(jobs) / elapsed,
+        "max_gc_ms": 1000 * max(gc_pauses or [0]),
         "max_stall_ms": 1000 * max(stalls), "p99_stall_ms": 1000 * sorted(stalls)[int(0.99 * (len(stalls) - 1))],
         "rss_after_50_mb": (rss_after_50 or 0) / 2**20, "rss_end_mb": rss_end / 2**20,
         "rss_growth_pct": 100 * (rss_end - (rss_after_50 or rss_end)) / (rss_after_50 or rss_end),
@@ -191,7 +205,7 @@ def main() -> int:
     print(f"results or errors per job seen by users: discord {r['discord_results_per_job']}, "
           f"telegram {r['telegram_results_per_job']} (must be [1])")
     print(f"throughput {r['jobs_per_min']:.0f} jobs/min over {r['elapsed_s']:.0f} s; status edits sent {r['edits']}")
-    print(f"front-end event loop: max stall {r['max_stall_ms']:.1f} ms, p99 {r['p99_stall_ms']:.1f} ms (limit 100)")
+    print(f"front-end event loop: max stall {r['max_stall_ms']:.1f} ms, p99 {r['p99_stall_ms']:.1f} ms (limit 100); longest garbage collection {r['max_gc_ms']:.1f} ms")
     print(f"front-end RSS after 50 jobs {r['rss_after_50_mb']:.1f} MiB, at the end {r['rss_end_mb']:.1f} MiB, "
           f"growth {r['rss_growth_pct']:.1f}% (limit 10%)")
     ok = (r["all_final_and_delivered"] and r["discord_results_per_job"] == [1]
