@@ -315,6 +315,7 @@ class BotCore:
         # Image decoding in threads competes with the event loop for the GIL: a burst of uploads is worked
         # through one at a time instead of stalling every chat at once.
         self._image_work = asyncio.Semaphore(1)
+        self._admission = asyncio.Semaphore(4)
         self._warm_up()
 
     @staticmethod
@@ -348,6 +349,12 @@ class BotCore:
 
     async def submit(self, req: JobRequest, status_ref: str = "") -> Submitted:
         """Validate, build the prompt, choose the preset, queue. Raises UserError with a reason to show."""
+        # A burst of uploads is admitted a few at a time: hundreds of submissions interleaving at once fill
+        # the event loop's ready queue, and every chat then waits for a whole round of them.
+        async with self._admission:
+            return await self._submit(req, status_ref)
+
+    async def _submit(self, req: JobRequest, status_ref: str) -> Submitted:
         from engine.prompts import PromptSpec, build_prompt, check_choice, load_templates, prompt_hints
         from engine.validate import load_image
 
