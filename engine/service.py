@@ -381,7 +381,8 @@ class JobService:
         if job.state == JobState.QUEUED and positions is None:
             queued, etas = await self.queue_snapshot()
             positions = {j.id: i for i, j in enumerate(queued, 1)}
-        model = None
+        # One ETA model per change, shared by every follower of a running job.
+        model = await self.eta_model() if job.state == JobState.RUNNING else None
         for f in followers:
             for event in await self._diff(job, f, positions or {}, etas or {}, model):
                 f.queue.put_nowait(event)
@@ -404,15 +405,16 @@ class JobService:
             if job.fell_back and job.fell_back != f.fell_back:
                 events.append(FellBack(job.fell_back))
                 f.fell_back = job.fell_back
-            if job.step != f.step and job.step > 0:
-                model = model or await self.eta_model()
+            if job.step != f.step and job.step > 0 and model is not None:
                 events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s,
                                    job.options.get("step_at", 0.0)))
             f.step = job.step
         elif f.state != job.state:
             if job.fell_back and job.fell_back != f.fell_back and job.state == JobState.DONE:
                 events.append(FellBack(job.fell_back))
-            events.append({JobState.DONE: Done, JobState.CANCELLED: Cancelled}.get(job.state)(job)
-                          if job.state != JobState.FAILED else Failed(job.error or "The render failed.", job))
+            if job.state == JobState.FAILED:
+                events.append(Failed(job.error or "The render failed.", job))
+            else:
+                events.append(Done(job) if job.state == JobState.DONE else Cancelled(job))
         f.state = job.state
         return events
