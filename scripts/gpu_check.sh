@@ -40,9 +40,12 @@ for path in sorted(glob.glob(".whl/*.whl")):
 EOF
 )
     if [ -n "$missing" ]; then
+        # Into a folder of their own, first on the path: the image's own environment stays untouched.
+        SITE="${SITE:-/tmp/gpu-check-site}"
         # shellcheck disable=SC2086
-        "$PY" -m pip install --quiet --no-deps --no-index --disable-pip-version-check $missing 2>&1 \
-            | tee -a "$OUT/env.txt"
+        "$PY" -m pip install --quiet --no-deps --no-index --no-compile --no-cache-dir --upgrade \
+            --disable-pip-version-check --target "$SITE" $missing 2>&1 | tee -a "$OUT/env.txt"
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
     fi
 else
     echo "no .whl/ folder: using the packages already installed" | tee -a "$OUT/env.txt"
