@@ -106,7 +106,7 @@ def wants_local_worker(config: Config) -> bool:
 
 
 async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -> None:
-    from bot.core import BotCore
+    from bot.core import BotCore, settle_heap
     from engine.service import JobService
 
     service = JobService(config)
@@ -138,6 +138,7 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
             front_ends.append(TelegramFrontEnd(core, config, tokens["telegram"]))
         for fe in front_ends:
             await fe.start()
+        settle_heap()
         log.info("bot running: %s", ", ".join(tokens))
         last_expiry = 0.0
         while not stop.is_set():

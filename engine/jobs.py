@@ -85,6 +85,7 @@ class Queued:
     eta_s: float              # until this job is done
     moved: int = 0            # >0: moved back this many places (another user's job went ahead), <0: moved up
     retry: bool = False       # re-queued after its worker died
+    paused: bool = False      # an admin has paused the queue
 
 
 @dataclass(frozen=True)

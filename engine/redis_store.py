@@ -254,7 +254,8 @@ return 'ok'
 # ARGV: prefix, seq. Read in one step, so the returned seq never skips a change made meanwhile.
 _CHANGES = r"""
 local rows = redis.call('ZRANGEBYSCORE', P .. 'changes', '(' .. ARGV[2], '+inf', 'WITHSCORES')
-local top = tonumber(ARGV[2])
+-- The store-wide counter too: a settings change (pause) bumps it without touching a job.
+local top = math.max(tonumber(ARGV[2]), tonumber(redis.call('GET', P .. 'seq') or '0'))
 local out = {''}
 for i = 1, #rows, 2 do
   top = math.max(top, tonumber(rows[i + 1]))

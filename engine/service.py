@@ -39,6 +39,7 @@ from engine.store import Limits, Store, open_store
 log = logging.getLogger("engine.service")
 
 FINAL_EVENTS = (Done, Failed, Cancelled)
+FOLLOWERS_PER_TURN = 50   # followers brought up to date per event-loop turn by the watcher
 
 
 @dataclass
@@ -50,6 +51,7 @@ class _Follower:
     position: int = 0
     eta_s: float = -1.0
     fell_back: str = ""
+    paused: bool = False
 
 
 def private_file(path: Path, data: bytes | None = None) -> None:
@@ -368,35 +370,40 @@ class JobService:
         changed = {j.id: j for j in jobs}
         # Any change may move queued jobs: refresh every followed queued job's position too.
         queued, etas = await self.queue_snapshot()
+        paused = await self.paused()   # read once here, not once per follower
         positions = {j.id: i for i, j in enumerate(queued, 1)}
-        for job_id, followers in list(self._followers.items()):
-            job = changed.get(job_id)
-            if job is None and job_id in positions:
-                job = next(j for j in queued if j.id == job_id)
+        by_id = {j.id: j for j in queued}
+        for n, (job_id, followers) in enumerate(list(self._followers.items()), 1):
+            job = changed.get(job_id) or by_id.get(job_id)
             if job is not None:
-                await self._emit_for(job, followers, positions, etas)
+                await self._emit_for(job, followers, positions, etas, paused)
+            if n % FOLLOWERS_PER_TURN == 0:
+                await asyncio.sleep(0)   # with hundreds of jobs followed, let the chats be served in between
 
-    async def _emit_for(self, job: Job, followers: list[_Follower],
-                        positions: dict[str, int] | None = None, etas: dict[str, float] | None = None) -> None:
+    async def _emit_for(self, job: Job, followers: list[_Follower], positions: dict[str, int] | None = None,
+                        etas: dict[str, float] | None = None, paused: bool | None = None) -> None:
         if job.state == JobState.QUEUED and positions is None:
             queued, etas = await self.queue_snapshot()
             positions = {j.id: i for i, j in enumerate(queued, 1)}
+        if job.state == JobState.QUEUED and paused is None:
+            paused = await self.paused()
         # One ETA model per change, shared by every follower of a running job.
         model = await self.eta_model() if job.state == JobState.RUNNING else None
         for f in followers:
-            for event in await self._diff(job, f, positions or {}, etas or {}, model):
+            for event in await self._diff(job, f, positions or {}, etas or {}, model, bool(paused)):
                 f.queue.put_nowait(event)
 
     async def _diff(self, job: Job, f: _Follower, positions: dict[str, int], etas: dict[str, float],
-                    model: EtaModel | None) -> list[Event]:
+                    model: EtaModel | None, paused: bool = False) -> list[Event]:
         events: list[Event] = []
         if job.state == JobState.QUEUED:
             pos, eta = positions.get(job.id, 0), etas.get(job.id, 0.0)
             retry = bool(job.options.get("retried")) and f.state == JobState.RUNNING
-            if f.state != JobState.QUEUED or pos != f.position or abs(eta - f.eta_s) > max(3.0, 0.1 * f.eta_s):
+            if (f.state != JobState.QUEUED or pos != f.position or paused != f.paused
+                    or abs(eta - f.eta_s) > max(3.0, 0.1 * f.eta_s)):
                 moved = pos - f.position if f.state == JobState.QUEUED and f.position else 0
-                events.append(Queued(pos, eta, moved, retry))
-                f.position, f.eta_s = pos, eta
+                events.append(Queued(pos, eta, moved, retry, paused))
+                f.position, f.eta_s, f.paused = pos, eta, paused
             if retry:
                 f.step = -1
         elif job.state == JobState.RUNNING:

@@ -338,8 +338,14 @@ class SQLiteStore:
         return await self._retry(self._select, sql, tuple(params))
 
     async def changes_since(self, seq: int) -> tuple[list[Job], int]:
-        jobs = await self._retry(self._select, "SELECT data FROM jobs WHERE seq>? ORDER BY seq", (seq,))
-        return jobs, max([seq] + [j.seq for j in jobs])
+        """Jobs changed after seq, and the store-wide counter, which settings changes (pause) bump too. The
+        counter is read first: a job saved in between then carries a higher seq and is in the list."""
+        async def q():
+            cur = await self.db.execute("SELECT value FROM meta WHERE key='seq'")
+            row = await cur.fetchone()
+            jobs = await self._select("SELECT data FROM jobs WHERE seq>? ORDER BY seq", (seq,))
+            return jobs, max([seq, int(row[0]) if row else 0] + [j.seq for j in jobs])
+        return await self._retry(q)
 
     async def recover(self, dead_worker: str | None = None) -> list[Job]:
         """Jobs left running by a dead worker: retried once, then failed. Returns the jobs it touched."""

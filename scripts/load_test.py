@@ -29,7 +29,7 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 import psutil  # noqa: E402
 
-from bot.core import BotCore  # noqa: E402
+from bot.core import BotCore, settle_heap  # noqa: E402
 from bot.discord_app import DiscordFrontEnd  # noqa: E402
 from bot.telegram_app import TelegramFrontEnd  # noqa: E402
 from engine.service import JobService  # noqa: E402
@@ -128,6 +128,7 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
     telegram_fe = TelegramFrontEnd(core, config, t_token, poll_timeout=1)
     await discord_fe.start()
     await telegram_fe.start()
+    settle_heap()   # as python -m bot does once its front ends are up
     proc = psutil.Process()
     gc_pauses: list[float] = []
     gc_started = [0.0]

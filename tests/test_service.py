@@ -113,6 +113,20 @@ async def test_pause_stops_claims_and_resume_restarts(service):
     assert (await service.store.claim("w")) is not None
 
 
+async def test_followers_of_queued_jobs_hear_of_a_pause_and_a_resume(service):
+    job = await service.submit(user="t:a", image=photo(), prompt_raw="x")
+    events = service.events(job.id)
+    first = await next_event(events)
+    assert isinstance(first, Queued) and not first.paused
+    await service.pause()
+    paused = await next_event(events)
+    assert isinstance(paused, Queued) and paused.paused and paused.position == first.position
+    await service.resume()
+    resumed = await next_event(events)
+    assert isinstance(resumed, Queued) and not resumed.paused
+    await events.aclose()
+
+
 async def test_ban_refuses_and_unban_allows(service):
     await service.ban("t:a")
     with pytest.raises(UserError) as exc:
