@@ -4,6 +4,7 @@
 # Meant for a machine with one CUDA GPU and torch already installed; finishes within 9 minutes.
 #
 #   bash scripts/gpu_check.sh            # OUT defaults to /tmp/gpu-check-out
+#   bash scripts/gpu_check.sh bash scripts/warmup_study.sh   # any other command, same set-up, to study.txt
 #   ENGINE_COMPILE_MODE=default bash scripts/gpu_check.sh   # a quicker first compile than max-autotune
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,14 @@ for name in ("torch", "diffusers", "transformers", "accelerate", "huggingface_hu
         versions.append(f"{name} MISSING ({type(exc).__name__}: {exc})")
 print("== packages:", ", ".join(versions))
 EOF
+
+if [ "$#" -gt 0 ]; then   # another measurement in the same environment, e.g. scripts/warmup_study.py
+    echo "== $* (hard stop ${BENCH_LIMIT_S} s)" | tee -a "$OUT/env.txt"
+    timeout --signal=TERM --kill-after=15 "$BENCH_LIMIT_S" "$@" 2>&1 | tee "$OUT/study.txt"
+    status=${PIPESTATUS[0]}
+    echo "== exit code $status, whole check $(( $(date +%s) - start )) s" | tee -a "$OUT/study.txt"
+    exit "$status"
+fi
 
 echo "== bench (hard stop ${BENCH_LIMIT_S} s)" | tee -a "$OUT/env.txt"
 timeout --signal=TERM --kill-after=15 "$BENCH_LIMIT_S" \

@@ -78,7 +78,7 @@ def main() -> int:
         times = sorted(timed_render(fast, w, h, args.frames, args.steps) for _ in range(2))
         renders[f"{w}x{h}"] = round(times[0], 3)
     print(json.dumps({
-        "mode": args.mode, "dynamic_hw": args.dynamic_hw, "load_s": round(load_s, 1),
+        "stage": "done", "mode": args.mode, "dynamic_hw": args.dynamic_hw, "load_s": round(load_s, 1),
         "warm_up_s": warm, "warm_up_total_s": round(sum(warm.values()), 1),
         f"render_{args.steps}_steps_s": renders, "unet_calls": dict(fast.unet.calls),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if parts.device.type == "cuda" else None,
