@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -139,13 +140,39 @@ def build_renderer(parts: ModelParts, engine_cfg: Any, presets: dict[str, Preset
                         decode_chunk=decode_chunk_policy(fast, engine_cfg))
     if options.compile and warm:
         enabled = list(warm) if not isinstance(warm, bool) else warm_presets(presets, engine_cfg)
+        warm_up_or_fall_back(renderer, presets, enabled, options.cache_dir)
+    return renderer
+
+
+def warm_up_or_fall_back(renderer: Renderer, presets: dict[str, Preset], enabled: list[str],
+                         cache_dir: Path | None) -> None:
+    """Warm up; if compiling fails, empty the compile cache and try once more (a worker killed mid-compile
+    can leave a truncated kernel there, which fails every later start); if it fails again, render eagerly:
+    slower, but the queue keeps moving."""
+    for attempt in (1, 2):
         t0 = time.perf_counter()
-        times = warm_up(renderer, presets, enabled)
+        try:
+            times = warm_up(renderer, presets, enabled)
+        except Exception as exc:
+            log.warning("compile warm-up failed (attempt %d): %s", attempt, _first_line(exc))
+            for module in compiled_modules(renderer.parts):
+                module.warm_keys.clear()   # shapes never warmed run eagerly
+            torch._dynamo.reset()
+            if attempt == 1 and cache_dir is not None:
+                shutil.rmtree(cache_dir, ignore_errors=True)
+                configure_compile_cache(cache_dir)
+            continue
         for bucket, seconds in times.items():
             log.info("warm-up %s: %.1f s", bucket, seconds)
         log.info("warm-up of %d buckets done in %.1f s (compile cache %s)", len(times),
-                 time.perf_counter() - t0, options.cache_dir)
-    return renderer
+                 time.perf_counter() - t0, cache_dir)
+        return
+    log.error("compiling failed twice: rendering without the compiled UNet")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def warm_presets(presets: dict[str, Preset], engine_cfg: Any = None) -> list[str]:

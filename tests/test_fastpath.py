@@ -276,6 +276,27 @@ def test_build_renderer_with_compile_warms_the_chosen_presets(tmp_path, photo):
     assert result.frames.shape == (4, 64, 64, 3) and unet.calls["eager"] == 0
 
 
+def test_a_compiler_that_fails_twice_leaves_an_eager_renderer(tmp_path, photo, eager_frames, caplog):
+    """The tvm backend is not installed here, so compiling really fails at the first call. The worker must
+    still come up: the cache is emptied for a second try, and after that failure every shape runs eagerly."""
+    stale = tmp_path / COMPILE_CACHE_DIR / "stale-kernel.so"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    parts = build_tiny()
+    cfg = config(compile=True, compile_backend="tvm", warm_presets=None, decode_chunk_size=3)
+    with caplog.at_level("WARNING", logger="engine.fastpath"):
+        renderer = build_renderer(parts, cfg, tiny_presets(), tmp_path, warm=["quick"])
+    assert [r.message.split(":")[0] for r in caplog.records] == [
+        "compile warm-up failed (attempt 1)", "compile warm-up failed (attempt 2)",
+        "compiling failed twice"]
+    assert not stale.exists() and stale.parent.is_dir()
+    unet = renderer.parts.unet
+    assert isinstance(unet, WarmCompiled) and not unet.warm_keys
+    tried = unet.calls["compiled"]   # the two failed first calls
+    frames = sample(renderer.parts, photo, "a boat on a lake", "blurry", **RENDER)
+    assert unet.calls["compiled"] == tried and unet.calls["eager"] > 0 and np.abs(frames - eager_frames).max() < 1e-5
+
+
 @pytest.mark.manual
 @pytest.mark.timeout(600)
 def test_inductor_compiled_render_equals_eager(photo, eager_frames, tmp_path, monkeypatch):
