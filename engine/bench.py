@@ -711,6 +711,8 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
                    deadline: float, report: Report, flops: float, peak: float,
                    backend: str = "inductor") -> dict[str, Any]:
     """Cold compile + fast renders in one fresh process, then a warm-cache compile in another."""
+    from engine.fastpath import COMPILE_MODE, GRAPHS_MODE
+
     device = setup.parts.device
     cache_dir = folder / "compile-cache"
     spec = {
@@ -718,8 +720,7 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
         "frames": setup.frames, "quick": quick, "hq": hq, "repeat": repeat, "folder": str(folder),
         "options": fast_options(cache_dir, device, backend), "checksum": weights_checksum(setup.parts),
     }
-    mode = spec["options"]["mode"] or ("reduce-overhead" if spec["options"]["cuda_graphs"]
-                                       else "max-autotune-no-cudagraphs")
+    mode = spec["options"]["mode"] or (GRAPHS_MODE if spec["options"]["cuda_graphs"] else COMPILE_MODE)
     bucket = f"{setup.width}x{setup.height}x{setup.frames}"
     report.add("", f"fast path: fused QKV {spec['options']['fuse_qkv']}, torch.compile mode {mode}, "
                    f"backend {spec['options']['backend']}, CUDA graphs {spec['options']['cuda_graphs']}, "
@@ -769,8 +770,8 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     try:
         stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"did not finish within {timeout:.0f} s (ENGINE_COMPILE_MODE=default compiles "
-                         "quicker the first time)"}
+        return {"error": f"did not finish within {timeout:.0f} s (a first compile with an empty cache "
+                         "takes minutes; ENGINE_BENCH_DEADLINE_S gives it more time)"}
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -175,6 +175,7 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
         stop.set()
         if monitor:
             await monitor
+        gc.callbacks.remove(gc_timer)
         jobs = await service.store.jobs(limit=100000)
         await core.close()
         await discord_fe.close()

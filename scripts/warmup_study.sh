@@ -21,8 +21,12 @@ stage() {   # stage NAME SECONDS ARGS...
         return
     fi
     echo "== $name (at most $limit s)" >&2
-    if ! timeout --signal=TERM --kill-after=10 "$limit" "$PY" scripts/warmup_study.py "$@"; then
-        echo "{\"stage\": \"$name\", \"failed\": \"ended early or ran past $limit s\"}"
+    timeout --signal=TERM --kill-after=10 "$limit" "$PY" scripts/warmup_study.py "$@"
+    local code=$?
+    if [ "$code" -eq 124 ] || [ "$code" -eq 137 ]; then
+        echo "{\"stage\": \"$name\", \"failed\": \"still running after $limit s\"}"
+    elif [ "$code" -ne 0 ]; then
+        echo "{\"stage\": \"$name\", \"failed\": \"ended with exit code $code\"}"
     fi
 }
 left() { echo $(( BUDGET_S - ($(date +%s) - start) )); }

@@ -74,7 +74,7 @@ def test_auto_options_are_on_for_cuda_and_off_for_the_cpu(tmp_path, monkeypatch)
     assert cuda.compile and cuda.fuse_qkv and cuda.cache_dir == tmp_path / COMPILE_CACHE_DIR
     # Exact-output options only by default; CUDA graphs and layout changes need asking for.
     assert not (cuda.cuda_graphs or cuda.channels_last or cuda.fp8 or cuda.block_cache or cuda.compile_vae)
-    assert cuda.compile_mode == COMPILE_MODE == "max-autotune-no-cudagraphs"
+    assert cuda.compile_mode == COMPILE_MODE == "default"
 
 
 def test_explicit_settings_win_over_auto(tmp_path, monkeypatch):
