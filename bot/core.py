@@ -300,9 +300,9 @@ class JobUI(Protocol):
 
 
 def settle_heap() -> None:
-    """Call once the bot is up: collect, then move every object alive now (the imported libraries, hundreds
-    of thousands of them) into the permanent generation, so later full collections skip them. Without it,
-    under load, each full collection paused the event loop for 100-150 ms."""
+    """Call once the bot is up: collect, then move every object alive now (the imported libraries, about
+    100,000 of them) into the permanent generation, so later full collections skip them. Under load, full
+    collections paused the event loop for up to 180 ms without it and about 60 ms with it."""
     gc.collect()
     gc.freeze()
 
