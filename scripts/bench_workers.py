@@ -29,29 +29,16 @@ from engine.config import load_config  # noqa: E402
 from engine.jobs import JobState  # noqa: E402
 from engine.redis_store import RedisStore  # noqa: E402
 from engine.service import JobService  # noqa: E402
+from tests.harness import write_config  # noqa: E402
 
-CONFIG = """
-[engine]
-model = "tiny"
-device = "cpu"
-step_delay_s = {delay}
 
-[presets.quick]
-steps = {steps}
-pixels = 4096
-frames = 4
-fps = 8
-fallback = ""
-
-[queue]
-per_user = 1000
-max_length = 10000
-jobs_per_hour = 0
-
-[storage]
-url = "{url}"
-data_dir = "{data}"
-"""
+def bench_config(url: str, data: Path, step_delay: float, steps: int) -> dict:
+    return {
+        "engine": {"model": "tiny", "device": "cpu", "step_delay_s": step_delay},
+        "presets": {"quick": {"steps": steps, "pixels": 4096, "frames": 4, "fps": 8, "fallback": ""}},
+        "queue": {"per_user": 1000, "max_length": 10000, "jobs_per_hour": 0},
+        "storage": {"url": url, "data_dir": str(data)},
+    }
 
 
 # ---- the worker side: a real Worker whose renderer sleeps instead of sampling ----
@@ -149,7 +136,7 @@ async def measure(n: int, args, url: str, tmp: Path) -> dict:
 
     run_url = f"{url}?prefix=bench{n}:"
     config_path = tmp / f"config{n}.toml"
-    config_path.write_text(CONFIG.format(delay=args.step_delay, steps=args.steps, url=run_url, data=tmp / "data"))
+    write_config(config_path, bench_config(run_url, tmp / "data", args.step_delay, args.steps))
     procs = start_workers(n, args.renderer, config_path, run_url, tmp)
     try:
         async with JobService(load_config(config_path)) as service:

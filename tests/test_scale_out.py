@@ -20,6 +20,7 @@ from engine.redis_store import RedisStore
 from engine.service import JobService
 from engine.store import LEASE_TTL_S, fair_order
 from engine.video import read_mp4_frames
+from tests.harness import write_config
 from tests.redis_server import running_redis
 from tests.tiny_model import make_photo
 
@@ -28,35 +29,14 @@ WORKERS = 3
 STEP_DELAY_S = 0.05
 LONG_STEPS = 60
 
-CONFIG = """
-[engine]
-model = "tiny"
-device = "cpu"
-step_delay_s = {delay}
-
-[presets.quick]
-steps = 2
-pixels = 4096
-frames = 4
-fps = 8
-fallback = ""
-
-[presets.long]
-steps = {long_steps}
-pixels = 4096
-frames = 4
-fps = 8
-fallback = ""
-
-[queue]
-per_user = 10
-max_length = 100
-jobs_per_hour = 0
-
-[storage]
-url = "{url}"
-data_dir = "{data}"
-"""
+def scale_config(url: str, data: Path) -> dict:
+    preset = {"pixels": 4096, "frames": 4, "fps": 8, "fallback": ""}
+    return {
+        "engine": {"model": "tiny", "device": "cpu", "step_delay_s": STEP_DELAY_S},
+        "presets": {"quick": {"steps": 2, **preset}, "long": {"steps": LONG_STEPS, **preset}},
+        "queue": {"per_user": 10, "max_length": 100, "jobs_per_hour": 0},
+        "storage": {"url": url, "data_dir": str(data)},
+    }
 
 
 class Cluster:
@@ -106,7 +86,7 @@ def cluster(tmp_path_factory):
     with running_redis() as server:
         url = server.url + "?prefix=scale:"
         config_path = tmp / "config.toml"
-        config_path.write_text(CONFIG.format(delay=STEP_DELAY_S, long_steps=LONG_STEPS, url=url, data=tmp / "data"))
+        write_config(config_path, scale_config(url, tmp / "data"))
         c = Cluster(url, config_path, tmp)
         try:
             for _ in range(WORKERS):
