@@ -281,6 +281,8 @@ class JobRequest:
     camera: str | None = None
     speed: str | None = None
     scope: str | None = None         # server / group id for its word list
+    subject: str | None = None       # the template's slots, when the user filled them apart from the prompt
+    environment: str | None = None
 
 
 class JobUI(Protocol):
@@ -367,7 +369,13 @@ class BotCore:
         from engine.prompts import PromptSpec, build_prompt, check_choice, load_templates, prompt_hints
         from engine.validate import load_image
 
-        text = self.check_prompt(req.prompt, req.scope)
+        # Everything the user wrote is checked as one prompt (length, word list); the slots fill the template.
+        written = [p for p in (req.subject, req.prompt, req.environment) if p and p.strip()]
+        text = self.check_prompt(" ".join(written), req.scope)
+        slots = {name: self.check_prompt(value, req.scope)
+                 for name, value in (("subject", req.subject), ("environment", req.environment))
+                 if value and value.strip()}
+        action = self.check_prompt(req.prompt, req.scope) if req.prompt and req.prompt.strip() else ""
         lim = self.config.limits
         async with self._image_work:
             image = await asyncio.to_thread(load_image, req.image, max_bytes=lim.max_image_bytes,
@@ -375,7 +383,7 @@ class BotCore:
         camera = check_choice("camera", req.camera) if req.camera else None
         speed = check_choice("speed", req.speed) if req.speed else None
         templates = load_templates()
-        built = build_prompt(PromptSpec(text, camera=camera, speed=speed), templates)
+        built = build_prompt(PromptSpec(action, camera=camera, speed=speed, **slots), templates)
         hints = prompt_hints(text, templates.glossary)
         async with self._image_work:
             preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
@@ -383,7 +391,7 @@ class BotCore:
             user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
             seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,
             user_name=req.user_name, locale=req.locale, status_ref=status_ref,
-            options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope},
+            options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, **slots},
         )
         return Submitted(job, [self._hint_text(h, req.locale) for h in hints])
 

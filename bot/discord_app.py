@@ -63,6 +63,10 @@ ZH = {
     "seed": "种子",
     "negative": "反向提示词",
     "camera": "镜头",
+    "subject": "主体",
+    "environment": "环境",
+    "Who or what is in the photo (optional)": "照片里的人或物（可选）",
+    "Where it happens (optional)": "发生的场景（可选）",
     "speed": "速度",
     "user": "用户",
     "Animate this image": "把这张图做成动画",
@@ -472,6 +476,8 @@ class DiscordFrontEnd:
             negative=locale_str("What the video should avoid"),
             camera=locale_str("Camera movement"),
             speed=locale_str("Speed of the motion"),
+            subject=locale_str("Who or what is in the photo (optional)"),
+            environment=locale_str("Where it happens (optional)"),
         )
         @app_commands.choices(
             camera=[app_commands.Choice(name=locale_str(c), value=c) for c in CAMERAS],
@@ -479,10 +485,12 @@ class DiscordFrontEnd:
         )
         async def render_command(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
                                  seed: Range[int, 0, MAX_SEED] | None = None, negative: str | None = None,
-                                 camera: str | None = None, speed: str | None = None) -> None:
+                                 camera: str | None = None, speed: str | None = None,
+                                 subject: Range[str, 1, 200] | None = None,
+                                 environment: Range[str, 1, 200] | None = None) -> None:
             preset = "hq" if interaction.command and interaction.command.name == "hq" else "quick"
             await front.render(interaction, image, prompt, preset, seed=seed, negative=negative or "",
-                               camera=camera, speed=speed)
+                               camera=camera, speed=speed, subject=subject, environment=environment)
 
         for name, description in (("animate", "Turn a photo into a short video (quick)"),
                                   ("hq", "Turn a photo into a short video in high quality")):
@@ -601,7 +609,7 @@ class DiscordFrontEnd:
 
     async def render(self, interaction: discord.Interaction, attachment: discord.Attachment, prompt: str,
                      preset: str, *, seed: int | None = None, negative: str = "", camera: str | None = None,
-                     speed: str | None = None) -> None:
+                     speed: str | None = None, subject: str | None = None, environment: str | None = None) -> None:
         """Check the upload from its metadata, defer, download, submit and follow."""
         locale = str(interaction.locale)
         scope = str(interaction.guild_id) if interaction.guild_id else None
@@ -619,6 +627,7 @@ class DiscordFrontEnd:
                 platform=PLATFORM, user_id=str(interaction.user.id), user_name=interaction.user.name,
                 chat_id=str(interaction.channel_id), locale=locale, image=image, prompt=prompt, preset=preset,
                 seed=seed, negative_prompt=negative, camera=camera, speed=speed, scope=scope,
+                subject=subject, environment=environment,
             ), status_ref=ref.dumps())
         except UserError as exc:
             await self._answer_deferred(interaction, error_text(exc, locale))

@@ -665,14 +665,10 @@ class TelegramFrontEnd:
             self._albums.popitem(last=False)
 
     def _parse(self, ask: Ask) -> tuple[str, dict]:
-        """Caption flags -> (prompt text, options). Free-text subject/environment flags join the prose,
-        where the prompt builder finds them."""
+        """Caption flags -> (prompt text, options)."""
         from engine.prompts import parse_flags
 
-        text, options = parse_flags(ask.prompt)
-        subject, environment = options.pop("subject", None), options.pop("environment", None)
-        text = " ".join(p for p in (subject, text, environment) if p)
-        return text, options
+        return parse_flags(ask.prompt)
 
     async def _start_job(self, message: Message, source: Message, ask: Ask) -> None:
         """`message` carries the command (replies go to it); `source` carries the image."""
@@ -693,6 +689,7 @@ class TelegramFrontEnd:
                 locale=locale, image=image, prompt=text, preset=options.get("preset") or ask.preset,
                 seed=options.get("seed"), negative_prompt=options.get("negative") or "",
                 camera=options.get("camera"), speed=options.get("speed"), scope=str(message.chat_id),
+                subject=options.get("subject"), environment=options.get("environment"),
             )
             submitted = await self.core.submit(request)
         except UserError as exc:

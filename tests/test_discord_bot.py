@@ -190,6 +190,17 @@ async def test_hq_with_camera_and_speed_then_buttons(tmp_path, fake, tiny_parts)
         assert again.content.startswith(f"🎞️ <@{fake.other_user_id}>")
 
 
+async def test_subject_and_environment_options_fill_their_template_slots(tmp_path, fake, tiny_parts):
+    config = bot_config(tmp_path, fake)
+    async with running_bot(config, fake, tiny_parts) as bot:
+        interaction = await animate(fake, "turning its head", subject="a tabby cat", environment="on a windowsill")
+        job = await bot.stack.service.get(job_id_of(await result_of(fake, interaction)))
+        assert job.prompt.startswith("[Subject: a tabby cat] [Action: turning its head")
+        assert job.prompt.endswith("[Environment: on a windowsill]")
+        assert job.prompt_raw == "a tabby cat turning its head on a windowsill"
+        assert (job.options["subject"], job.options["environment"]) == ("a tabby cat", "on a windowsill")
+
+
 async def test_hq_button_renders_the_same_seed_and_delete_removes_the_video(tmp_path, fake, tiny_parts):
     config = bot_config(tmp_path, fake)
     async with running_bot(config, fake, tiny_parts) as bot:

@@ -313,6 +313,18 @@ async def test_result_buttons_hq_info_reroll_delete_work_from_callback_data(tmp_
 # ---------------------------------------------------------------- flags, /info and commands
 
 
+async def test_subject_and_environment_flags_fill_their_template_slots(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        fake.send_photo(fake.private_chat(alice), alice, photo_bytes(),
+                        caption="/animate turning slowly --subject a lighthouse lamp --env at dusk")
+        await env.videos()
+        [job] = await env.jobs()
+        assert job.prompt == "[Subject: a lighthouse lamp] [Action: turning slowly] [Environment: at dusk]"
+        assert job.prompt_raw == "a lighthouse lamp turning slowly at dusk"
+
+
 async def test_caption_flags_reach_the_built_prompt_and_info_shows_them(tmp_path, tiny_parts):
     async with telegram_bot(tmp_path, tiny_parts) as env:
         fake = env.fake
