@@ -17,6 +17,7 @@ from pathlib import Path
 
 from engine.config import Config, load_config
 from engine.errors import ModelError, UserError
+from engine.jobs import JobState
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--model", default=None)
     _common(w)
 
-    j = sub.add_parser("jobs", help="list jobs: id state user preset position")
+    j = sub.add_parser("jobs", help="list jobs, oldest first: id state user preset position")
     _store(j)
+    j.add_argument("--state", action="append", choices=[str(s) for s in JobState],
+                   help="only jobs in this state (repeat for several)")
+    j.add_argument("--user", default=None, help="only this user's jobs, e.g. discord:1234")
+    j.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     j.add_argument("--json", action="store_true")
     _common(j)
 
@@ -203,7 +208,8 @@ def cmd_jobs(args) -> int:
     async def go(service):
         queued = await service.store.queued()
         positions = {j.id: i for i, j in enumerate(queued, 1)}
-        return await service.store.jobs(limit=100000), positions
+        states = [JobState(s) for s in args.state] if args.state else None
+        return await service.store.jobs(user=args.user, states=states, limit=max(1, args.limit)), positions
     jobs, positions = asyncio.run(_with_service(config, go))
     for job in jobs:
         pos = positions.get(job.id)

@@ -85,4 +85,6 @@ def test_submit_jobs_cancel_on_one_store(cfg, photo):
     assert run("cancel", ids[1], "--config", cfg).returncode == 0
     rows = [json.loads(line) for line in run("jobs", "--config", cfg, "--json").stdout.splitlines()]
     assert rows[1]["state"] == "cancelled" and rows[1]["position"] is None
+    waiting = run("jobs", "--config", cfg, "--state", "queued", "--user", "ann", "--limit", "1").stdout
+    assert [line.split()[0] for line in waiting.splitlines()] == [ids[0]]
     assert run("cancel", "nope", "--config", cfg).returncode == 2
