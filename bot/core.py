@@ -384,16 +384,18 @@ class BotCore:
         speed = check_choice("speed", req.speed) if req.speed else None
         templates = load_templates()
         built = build_prompt(PromptSpec(action, camera=camera, speed=speed, **slots), templates)
-        hints = prompt_hints(text, templates.glossary)
+        hints = [self._hint_text(h, req.locale) for h in prompt_hints(text, templates.glossary)]
         async with self._image_work:
             preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
         job = await self.service.submit(
             user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
             seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,
             user_name=req.user_name, locale=req.locale, status_ref=status_ref,
-            options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, **slots},
+            # The tips are kept with the job, so a restarted bot still shows them under the status.
+            options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, "hints": hints,
+                     **slots},
         )
-        return Submitted(job, [self._hint_text(h, req.locale) for h in hints])
+        return Submitted(job, hints)
 
     def _choose_preset(self, name: str, built_prompt: str, image) -> tuple[str, bool]:
         """The preset to run and whether the result should suggest HQ (`auto` applies that advice)."""
@@ -418,7 +420,9 @@ class BotCore:
         existing = self._followers.get(job.id)
         if existing and not existing.done():
             return existing
-        task = asyncio.create_task(self._follow(job, ui, hints or []), name=f"follow-{job.id}")
+        if hints is None:
+            hints = list(job.options.get("hints") or [])
+        task = asyncio.create_task(self._follow(job, ui, hints), name=f"follow-{job.id}")
         self._followers[job.id] = task
         task.add_done_callback(lambda _t, jid=job.id: self._followers.pop(jid, None))
         return task

@@ -511,6 +511,9 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
             [status] = await Env(fake, stack, first).replies(sent)
             await first.close()
             assert (await stack.service.store.jobs())[0].state == JobState.QUEUED
+            tips = t("en", "status.hints_title")
+            assert tips in status.params["text"]   # "a cat" says nothing of motion
+            edits_before = len(fake.calls_to("editMessageText"))
 
             core = BotCore(config, stack.service)
             second = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
@@ -520,6 +523,8 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
             try:
                 [upload] = await Env(fake, stack, second).videos()
                 assert replied_to(upload) == sent.message_id and "Alice" in upload.params["caption"]
+                edits = fake.calls_to("editMessageText")[edits_before:]
+                assert edits and all(tips in c.params["text"] for c in edits)   # the tips survive the restart
                 await fake.wait_for(lambda: fake.message(chat.id, status.result["message_id"]).deleted)
                 await settle(stack)
                 result = fake.message(chat.id, upload.result["message_id"])
