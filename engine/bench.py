@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from engine.config import DiscordConfig, EngineConfig, LimitsConfig
-from engine.errors import ModelError
+from engine.errors import ModelError, first_line
 from engine.model import ModelParts, full_configs, load_model, place
 from engine.presets import DEFAULT_PRESETS, Preset
 from engine.sampler import encode_prompt, sample, vae_scale
@@ -841,7 +841,7 @@ def _free(device: torch.device) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0][:160]
+    return first_line(exc)[:160]
 
 
 # ---------------------------------------------------------------- targets

@@ -12,3 +12,8 @@ class UserError(Exception):
 
 class ModelError(Exception):
     """The model cannot be loaded or run here (missing weights, no GPU). One line, CLI exit code 2."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has none), for one-line reports."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]

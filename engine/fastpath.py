@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 
 from engine.config import EngineConfig
-from engine.errors import ModelError
+from engine.errors import ModelError, first_line
 from engine.model import ModelParts
 from engine.presets import Preset
 from engine.renderer import Renderer
@@ -156,7 +156,8 @@ def warm_up_or_fall_back(renderer: Renderer, presets: dict[str, Preset], enabled
         try:
             times = warm_up(renderer, presets, enabled)
         except Exception as exc:
-            log.warning("compile warm-up failed (attempt %d): %s", attempt, _first_line(exc))
+            log.warning("compile warm-up failed (attempt %d): %s: %s", attempt, type(exc).__name__,
+                        first_line(exc))
             for module in compiled_modules(renderer.parts):
                 module.warm_keys.clear()   # shapes never warmed run eagerly
             torch._dynamo.reset()
@@ -170,11 +171,6 @@ def warm_up_or_fall_back(renderer: Renderer, presets: dict[str, Preset], enabled
                  time.perf_counter() - t0, cache_dir)
         return
     log.error("compiling failed twice: rendering without the compiled UNet")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def warm_presets(presets: dict[str, Preset], engine_cfg: Any = None) -> list[str]:

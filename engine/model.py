@@ -23,7 +23,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from engine.errors import ModelError
+from engine.errors import ModelError, first_line
 
 DEFAULT_HUB_ID = "ali-vilab/i2vgen-xl"
 ALLOW_CPU_FULL_ENV = "ENGINE_ALLOW_CPU_FULL"
@@ -305,7 +305,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype) -> Mod
         if hub and source == spec:
             raise ModelError(f"Cannot load model {spec}: no such folder, and not in the local Hugging Face cache "
                              "while HF_HUB_OFFLINE is set.") from None
-        raise ModelError(f"Cannot load model {spec}: {_first_line(exc)}") from None
+        raise ModelError(f"Cannot load model {spec}: {first_line(exc)}") from None
 
 
 def _locate(spec: str, device: torch.device) -> tuple[str, str | None, bool]:
@@ -317,7 +317,7 @@ def _locate(spec: str, device: torch.device) -> tuple[str, str | None, bool]:
         try:
             small = _unet_is_small(str(folder), {})
         except (OSError, ValueError, TypeError) as exc:
-            raise ModelError(f"Model folder {spec} has a bad unet/config.json: {_first_line(exc)}") from None
+            raise ModelError(f"Model folder {spec} has a bad unet/config.json: {first_line(exc)}") from None
         return str(folder), None, small
     if folder.exists():
         raise ModelError(f"Model path {spec} is a file; give the folder that holds unet/, vae/ and the rest.")
@@ -373,6 +373,3 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
