@@ -369,13 +369,13 @@ class BotCore:
         from engine.prompts import PromptSpec, build_prompt, check_choice, load_templates, prompt_hints
         from engine.validate import load_image
 
-        # Everything the user wrote is checked as one prompt (length, word list); the slots fill the template.
-        written = [p for p in (req.subject, req.prompt, req.environment) if p and p.strip()]
-        text = self.check_prompt(" ".join(written), req.scope)
+        # Each part the user wrote fills its template slot; together they are checked as one prompt (length,
+        # word list, and that there is one at all).
         slots = {name: self.check_prompt(value, req.scope)
-                 for name, value in (("subject", req.subject), ("environment", req.environment))
-                 if value and value.strip()}
-        action = self.check_prompt(req.prompt, req.scope) if req.prompt and req.prompt.strip() else ""
+                 for name, value in (("subject", req.subject), ("action", req.prompt),
+                                     ("environment", req.environment)) if value and value.strip()}
+        text = self.check_prompt(" ".join(slots.values()), req.scope)
+        action = slots.pop("action", "")
         lim = self.config.limits
         async with self._image_work:
             image = await asyncio.to_thread(load_image, req.image, max_bytes=lim.max_image_bytes,
@@ -519,15 +519,15 @@ class BotCore:
                  height=job.height, frames=job.frames, fps=preset.fps if preset else "?",
                  seconds=f"{(job.finished_at or 0) - (job.started_at or 0):.1f}")
 
-    async def resume_following(self, platform: str, make_ui: Callable[[Job], JobUI | None]) -> int:
-        """After a restart: follow every job of this platform whose user has not heard the outcome yet."""
-        count = 0
+    async def resume_following(self, platform: str, make_ui: Callable[[Job], JobUI | None]) -> list[asyncio.Task]:
+        """After a restart: follow every job of this platform whose user has not heard the outcome yet.
+        Returns the followers' tasks."""
+        tasks = []
         for job in await self.service.undelivered(platform):
             ui = make_ui(job)
             if ui is not None:
-                self.follow(job, ui)
-                count += 1
-        return count
+                tasks.append(self.follow(job, ui))
+        return tasks
 
     async def close(self) -> None:
         tasks = list(self._followers.values())

@@ -435,7 +435,7 @@ class DiscordFrontEnd:
         self.synced = await self.sync_commands()
         resumed = await self.core.resume_following(PLATFORM, self.status_for_stored_job)
         if resumed:
-            log.info("discord: following %d unfinished jobs again", resumed)
+            log.info("discord: following %d unfinished jobs again", len(resumed))
 
     async def close(self) -> None:
         if not self.client.is_closed():

@@ -445,7 +445,6 @@ class TelegramFrontEnd:
         self._results: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._pacers: weakref.WeakValueDictionary[int, ChatPacer] = weakref.WeakValueDictionary()
         self._followers: set[asyncio.Task] = set()
-        self._resumed: list[tuple[Job, TelegramJobUI]] = []
 
     def __repr__(self) -> str:   # never show the token
         return f"<TelegramFrontEnd running={self.app is not None}>"
@@ -543,19 +542,11 @@ class TelegramFrontEnd:
 
     async def _resume(self) -> None:
         """Follow undelivered jobs again after a restart, keeping their tasks so close() can stop them."""
-        self._resumed.clear()
-        count = await self.core.resume_following(PLATFORM, self._ui_for_job)
-        for job, ui in self._resumed:
-            self._track(self.core.follow(job, ui))   # the running follower: one per job
-        self._resumed.clear()
-        if count:
-            log.info("following %d undelivered Telegram jobs again", count)
-
-    def _ui_for_job(self, job: Job) -> TelegramJobUI | None:
-        ui = TelegramJobUI.from_job(self, job)
-        if ui is not None:
-            self._resumed.append((job, ui))
-        return ui
+        tasks = await self.core.resume_following(PLATFORM, lambda job: TelegramJobUI.from_job(self, job))
+        for task in tasks:
+            self._track(task)
+        if tasks:
+            log.info("following %d undelivered Telegram jobs again", len(tasks))
 
     def _track(self, task: asyncio.Task) -> None:
         self._followers.add(task)
