@@ -746,10 +746,9 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
     if "error" in warm:
         report.add(f"  warm-cache compile not measured: {warm['error']}")
     else:
-        from engine.fastpath import warm_presets
+        from engine.fastpath import warm_presets, warm_shapes
 
-        buckets = len({(w, h, DEFAULT_PRESETS[p].frames) for p in warm_presets(DEFAULT_PRESETS)
-                       for w, h in DEFAULT_PRESETS[p].buckets().values()})
+        buckets = len(warm_shapes(DEFAULT_PRESETS, warm_presets(DEFAULT_PRESETS)))
         warm["all_buckets_s"] = buckets * warm["compile_s"]
         warm["buckets"] = buckets
         report.add(f"compile warm-up of the same bucket, warm cache, fresh process: {warm['compile_s']:.1f} s; "

@@ -409,18 +409,26 @@ def warm_up(renderer_or_parts: Renderer | ModelParts, presets: dict[str, Preset]
     if not compiled_modules(parts):
         return {}
     times: dict[str, float] = {}
-    seen: set[tuple] = set()
+    for name, aspect, width, height in warm_shapes(presets, enabled):
+        preset = presets[name]
+        chunk = chunk_for(width, height, preset.frames)
+        key = f"{name} {aspect} {width}x{height}x{preset.frames}"
+        times[key] = warm_bucket(parts, preset, width, height, chunk, steps)
+    return times
+
+
+def warm_shapes(presets: dict[str, Preset], enabled: Iterable[str]) -> list[tuple[str, str, int, int]]:
+    """(preset, aspect, width, height) of each distinct UNet input shape the warm-up renders: shapes shared
+    by presets (same size, frames and CFG) come once, under the first preset that has them."""
+    shapes, seen = [], set()
     for name in enabled:
         preset = presets[name]
         for aspect, (width, height) in preset.buckets().items():
             shape = (width, height, preset.frames, preset.guidance > 1.0)
-            if shape in seen:
-                continue
-            seen.add(shape)
-            chunk = chunk_for(width, height, preset.frames)
-            key = f"{name} {aspect} {width}x{height}x{preset.frames}"
-            times[key] = warm_bucket(parts, preset, width, height, chunk, steps)
-    return times
+            if shape not in seen:
+                seen.add(shape)
+                shapes.append((name, aspect, width, height))
+    return shapes
 
 
 def warm_bucket(parts: ModelParts, preset: Preset, width: int, height: int, decode_chunk: int,

@@ -21,19 +21,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine.bench import MODEL_SEED  # noqa: E402
-from engine.fastpath import FastPathOptions, accelerate, warm_bucket, warm_image, warm_presets  # noqa: E402
+from engine.fastpath import (  # noqa: E402
+    FastPathOptions,
+    accelerate,
+    warm_bucket,
+    warm_image,
+    warm_presets,
+    warm_shapes,
+)
 from engine.model import load_model  # noqa: E402
 from engine.presets import DEFAULT_PRESETS  # noqa: E402
 from engine.sampler import sample  # noqa: E402
-
-
-def buckets_of_warm_presets() -> list[tuple[int, int]]:
-    seen: list[tuple[int, int]] = []
-    for name in warm_presets(DEFAULT_PRESETS):
-        for size in DEFAULT_PRESETS[name].buckets().values():
-            if size not in seen:
-                seen.append(size)
-    return seen
 
 
 def timed_render(parts, width: int, height: int, frames: int, steps: int) -> float:
@@ -62,7 +60,7 @@ def main() -> int:
     args = parser.parse_args()
 
     buckets = ([tuple(int(v) for v in b.split("x")) for b in args.buckets.split(",")] if args.buckets
-               else buckets_of_warm_presets())
+               else [(w, h) for _, _, w, h in warm_shapes(DEFAULT_PRESETS, warm_presets(DEFAULT_PRESETS))])
     start = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
     parts = load_model(args.model, device=args.device)
