@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from bot.core import BotCore  # noqa: E402
 from bot.discord_app import DiscordFrontEnd  # noqa: E402
 from engine.service import JobService  # noqa: E402
 from engine.worker import Worker  # noqa: E402
+from scripts.measuring import percentile  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord, InteractionRecord  # noqa: E402
 from tests.harness import make_config, photo_bytes  # noqa: E402
 
@@ -40,8 +40,7 @@ def percentiles(values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
     if not ms:
         return "no samples"
-    p50 = statistics.median(ms)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    p50, p95 = percentile(ms, 0.5), percentile(ms, 0.95)
     return f"p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   max {ms[-1]:7.1f} ms   (n={len(ms)})"
 
 

@@ -23,20 +23,9 @@ sys.path.insert(0, str(ROOT))
 from engine.config import load_config  # noqa: E402
 from engine.jobs import Started, Step  # noqa: E402
 from engine.service import JobService  # noqa: E402
+from scripts.measuring import percentile, stall_monitor  # noqa: E402
 from tests.harness import TINY_PRESETS, write_config  # noqa: E402
 from tests.tiny_model import make_photo  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-async def stall_monitor(stop: asyncio.Event, out: list[float], tick_s: float = 0.005) -> None:
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        await asyncio.sleep(tick_s)
-        out.append(time.perf_counter() - t0 - tick_s)
 
 
 async def main(jobs: int) -> None:
@@ -57,7 +46,7 @@ async def main(jobs: int) -> None:
             while await service.worker_state() != "ready":
                 await asyncio.sleep(0.1)
             stop = asyncio.Event()
-            monitor = asyncio.create_task(stall_monitor(stop, stalls))
+            monitor = asyncio.create_task(stall_monitor(stop, stalls, tick_s=0.005))
             photo = make_photo(96, 80)
             for i in range(jobs):   # one at a time: the worker is idle at each submit
                 t0 = time.time()
@@ -75,11 +64,11 @@ async def main(jobs: int) -> None:
         worker.wait(30)
     ms = lambda v: f"{v * 1000:7.1f} ms"  # noqa: E731
     print(f"jobs: {jobs}, tiny model, 8 steps of >= 50 ms, worker in its own process, SQLite store")
-    print(f"submit -> started (idle worker)   p50 {ms(pct(submit_to_start, .5))}   p95 {ms(pct(submit_to_start, .95))}"
+    print(f"submit -> started (idle worker)   p50 {ms(percentile(submit_to_start, .5))}   p95 {ms(percentile(submit_to_start, .95))}"
           f"   (n={len(submit_to_start)})")
-    print(f"step done -> front-end event      p50 {ms(pct(step_to_event, .5))}   p95 {ms(pct(step_to_event, .95))}"
+    print(f"step done -> front-end event      p50 {ms(percentile(step_to_event, .5))}   p95 {ms(percentile(step_to_event, .95))}"
           f"   (n={len(step_to_event)})")
-    print(f"front-end event loop stall        max {ms(max(stalls))}   p99 {ms(pct(stalls, .99))}"
+    print(f"front-end event loop stall        max {ms(max(stalls))}   p99 {ms(percentile(stalls, .99))}"
           f"   mean {ms(statistics.mean(stalls))}")
 
 

@@ -34,20 +34,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from bot.telegram_app import TelegramFrontEnd  # noqa: E402
+from scripts.measuring import percentile  # noqa: E402
 from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
 from tests.harness import make_config, photo_bytes, running_stack, write_config  # noqa: E402
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
 def summary(name: str, seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
-    return (f"{name:<18} n={len(ms):<3} p50={percentile(ms, 50):7.1f} ms  p95={percentile(ms, 95):7.1f} ms  "
+    return (f"{name:<18} n={len(ms):<3} p50={percentile(ms, 0.5):7.1f} ms  p95={percentile(ms, 0.95):7.1f} ms  "
             f"max={max(ms):7.1f} ms")
 
 

@@ -34,21 +34,12 @@ from bot.core import BotCore, settle_heap  # noqa: E402
 from bot.discord_app import DiscordFrontEnd  # noqa: E402
 from bot.telegram_app import TelegramFrontEnd  # noqa: E402
 from engine.service import JobService  # noqa: E402
+from scripts.measuring import percentile, stall_monitor  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord  # noqa: E402
 from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
 from tests.harness import TINY_PRESETS, make_config, photo_bytes, write_config  # noqa: E402
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
-
-
-async def stall_monitor(stop: asyncio.Event, stalls: list[float], tick_s: float = 0.01) -> None:
-    start = time.perf_counter()
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        await asyncio.sleep(tick_s)
-        stalls.append(time.perf_counter() - t0 - tick_s)
-        if stalls[-1] > 0.1:
-            print(f"stall of {stalls[-1] * 1000:.0f} ms at {t0 - start:.1f} s", file=sys.stderr)
 
 
 def fakes_process(conn, users: int, jobs_per_user: int) -> None:
@@ -155,7 +146,7 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
     try:
         while await service.worker_state() not in ("ready", "busy"):
             await asyncio.sleep(0.1)
-        monitor = asyncio.create_task(stall_monitor(stop, stalls))
+        monitor = asyncio.create_task(stall_monitor(stop, stalls, report_over_s=0.1))
         t_start = time.monotonic()
         conn.send("go")
         await recv()  # all sent
@@ -198,7 +189,7 @@ async def run(users: int, jobs_per_user: int, timeout_s: float) -> dict:
         "elapsed_s": elapsed, "jobs_per_min": 60 * len(jobs) / elapsed,
         "max_gc_ms": 1000 * max(gc_pauses or [(0, 0)])[0], "max_gc_generation": max(gc_pauses or [(0, 0)])[1],
         "full_gcs": sum(1 for _, gen in gc_pauses if gen == 2),
-        "max_stall_ms": 1000 * max(stalls), "p99_stall_ms": 1000 * sorted(stalls)[int(0.99 * (len(stalls) - 1))],
+        "max_stall_ms": 1000 * max(stalls), "p99_stall_ms": 1000 * percentile(stalls, 0.99),
         "rss_after_50_mb": (rss_after_50 or 0) / 2**20, "rss_end_mb": rss_end / 2**20,
         "rss_growth_pct": 100 * (rss_end - (rss_after_50 or rss_end)) / (rss_after_50 or rss_end),
     }
