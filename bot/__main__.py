@@ -107,13 +107,13 @@ def wants_local_worker(config: Config) -> bool:
 
 async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -> None:
     from bot.core import BotCore, settle_heap
-    from engine.service import JobService
+    from engine.queue.service import JobService
 
     service = JobService(config)
     await service.start()
     core = BotCore(config, service)
     if config.metrics.port:
-        from engine.metrics import Metrics, start_metrics_server
+        from engine.queue.metrics import Metrics, start_metrics_server
 
         core.metrics = Metrics()
         start_metrics_server(config.metrics.port, core.metrics.registry)
@@ -129,11 +129,11 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
             loop.add_signal_handler(sig, stop.set)
     try:
         if "discord" in tokens:
-            from bot.discord_app import DiscordFrontEnd
+            from bot.discord.app import DiscordFrontEnd
 
             front_ends.append(DiscordFrontEnd(core, config, tokens["discord"]))
         if "telegram" in tokens:
-            from bot.telegram_app import TelegramFrontEnd
+            from bot.telegram.app import TelegramFrontEnd
 
             front_ends.append(TelegramFrontEnd(core, config, tokens["telegram"]))
         for fe in front_ends:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import Cancelled, Done, Failed, FellBack, Job, JobState, Queued, Started, Step
-from engine.service import JobService
+from engine.queue.service import JobService
 
 log = logging.getLogger("bot.core")
 
@@ -322,7 +322,7 @@ class BotCore:
         self.config = config
         self.service = service
         self._followers: dict[str, asyncio.Task] = {}
-        self.metrics = None   # engine.metrics.Metrics, when enabled
+        self.metrics = None   # engine.queue.metrics.Metrics, when enabled
         # Image decoding in threads competes with the event loop for the GIL: a burst of uploads is worked
         # through one at a time instead of stalling every chat at once.
         self._image_work = asyncio.Semaphore(1)
@@ -333,9 +333,9 @@ class BotCore:
     def _warm_up() -> None:
         """Import what the first jobs need now: an import inside the event loop (or one that the loop waits
         for on the import lock while a thread imports) stalls every chat for a second or more."""
-        import engine.detail  # noqa: F401
-        import engine.validate  # noqa: F401
-        import engine.video  # noqa: F401
+        import engine.media.detail  # noqa: F401
+        import engine.media.validate  # noqa: F401
+        import engine.media.video  # noqa: F401
         from engine.prompts import load_templates
 
         load_templates()
@@ -346,7 +346,7 @@ class BotCore:
 
     def check_attachment(self, content_type: str | None, size: int | None, filename: str | None,
                          download_limit: int | None = None) -> None:
-        from engine.validate import check_upload
+        from engine.media.validate import check_upload
 
         limit = self.config.limits.max_image_bytes
         if download_limit:
@@ -354,7 +354,7 @@ class BotCore:
         check_upload(content_type, size, filename, limit)
 
     def check_prompt(self, text: str, scope: str | None = None) -> str:
-        from engine.validate import check_prompt, prompt_limits_from_config
+        from engine.media.validate import check_prompt, prompt_limits_from_config
 
         return check_prompt(text, **prompt_limits_from_config(self.config, scope))
 
@@ -366,8 +366,8 @@ class BotCore:
             return await self._submit(req, status_ref)
 
     async def _submit(self, req: JobRequest, status_ref: str) -> Submitted:
+        from engine.media.validate import load_image
         from engine.prompts import PromptSpec, build_prompt, check_choice, load_templates, prompt_hints
-        from engine.validate import load_image
 
         # Each part the user wrote fills its template slot; together they are checked as one prompt (length,
         # word list, and that there is one at all).
@@ -399,7 +399,7 @@ class BotCore:
 
     def _choose_preset(self, name: str, built_prompt: str, image) -> tuple[str, bool]:
         """The preset to run and whether the result should suggest HQ (`auto` applies that advice)."""
-        from engine.detail import image_detail
+        from engine.media.detail import image_detail
         from engine.prompts import resolve_auto_preset, step_advice
 
         advice = step_advice(built_prompt, image_detail(image).score)
@@ -482,7 +482,7 @@ class BotCore:
                 self.metrics.retries.labels(job.platform).inc(edits.retries)
 
     async def _deliver(self, job: Job, ui: JobUI) -> None:
-        from engine.video import fit_to_size
+        from engine.media.video import fit_to_size
 
         locale = ui.locale
         try:

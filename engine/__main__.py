@@ -95,7 +95,7 @@ def _config(args) -> Config:
 
 
 def _validated_input(config: Config, image: str, prompt: str):
-    from engine.validate import check_prompt, load_image_file
+    from engine.media.validate import check_prompt, load_image_file
 
     lim = config.limits
     img = load_image_file(image, max_bytes=lim.max_image_bytes, max_pixels=lim.max_image_pixels,
@@ -116,7 +116,7 @@ def _resolve_preset(config: Config, name: str, prompt: str, image) -> str:
     if name != "auto":
         config.preset(name)
         return name
-    from engine.detail import image_detail
+    from engine.media.detail import image_detail
     from engine.prompts import resolve_auto_preset, step_advice
 
     return resolve_auto_preset(step_advice(prompt, image_detail(image).score))
@@ -151,9 +151,9 @@ def cmd_generate(args) -> int:
     preset_name = _resolve_preset(config, args.preset, text, image)
     out = Path(args.out) if args.out else Path(args.image).with_suffix(".mp4")
 
-    from engine.fastpath import build_renderer
-    from engine.model import load_model
-    from engine.video import write_mp4
+    from engine.media.video import write_mp4
+    from engine.render.fastpath import build_renderer
+    from engine.render.model import load_model
 
     eng = config.engine
     parts = load_model(eng.model, eng.device, eng.low_vram if isinstance(eng.low_vram, bool) else None)
@@ -183,7 +183,7 @@ def cmd_generate(args) -> int:
 
 
 async def _with_service(config: Config, fn):
-    from engine.service import JobService
+    from engine.queue.service import JobService
 
     async with JobService(config) as service:
         return await fn(service)
@@ -235,7 +235,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from engine.worker import run_worker
+    from engine.queue.worker import run_worker
 
     config = _config(args)
     asyncio.run(run_worker(config))
@@ -243,7 +243,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from engine.bench import run_bench
+    from engine.render.bench import run_bench
 
     print(run_bench(model=args.model, repeat=args.repeat))
     return 0

@@ -28,9 +28,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 from bot.core import BotCore  # noqa: E402
-from bot.discord_app import DiscordFrontEnd  # noqa: E402
-from engine.service import JobService  # noqa: E402
-from engine.worker import Worker  # noqa: E402
+from bot.discord.app import DiscordFrontEnd  # noqa: E402
+from engine.queue.service import JobService  # noqa: E402
+from engine.queue.worker import Worker  # noqa: E402
 from scripts.measuring import percentile  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord, InteractionRecord  # noqa: E402
 from tests.harness import make_config, photo_bytes  # noqa: E402
@@ -72,8 +72,8 @@ def upload_time(fake: FakeDiscord, interaction: InteractionRecord) -> float | No
 async def bench(args: argparse.Namespace) -> None:
     import torch
 
-    from engine.model import load_model
-    from engine.renderer import Renderer
+    from engine.render.model import load_model
+    from engine.render.renderer import Renderer
 
     torch.set_num_threads(args.threads)
     parts = load_model("tiny", device="cpu")

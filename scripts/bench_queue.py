@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
 from engine.jobs import Started, Step  # noqa: E402
-from engine.service import JobService  # noqa: E402
+from engine.queue.service import JobService  # noqa: E402
 from scripts.measuring import percentile, stall_monitor  # noqa: E402
 from tests.harness import TINY_PRESETS, write_config  # noqa: E402
 from tests.tiny_model import make_photo  # noqa: E402

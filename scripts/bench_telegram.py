@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 # Before torch is imported: idle OpenMP threads spinning beside the bot's event loop distort the timings.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from bot.telegram_app import TelegramFrontEnd  # noqa: E402
+from bot.telegram.app import TelegramFrontEnd  # noqa: E402
 from scripts.measuring import percentile  # noqa: E402
 from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
 from tests.harness import make_config, photo_bytes, running_stack, write_config  # noqa: E402
@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace) -> None:
             if args.worker == "thread":
                 import torch
 
-                from engine.model import load_model
+                from engine.render.model import load_model
 
                 torch.set_num_threads(1)
                 async with running_stack(config, load_model("tiny", device="cpu")) as stack:

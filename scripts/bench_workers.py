@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
 from engine.jobs import JobState  # noqa: E402
-from engine.redis_store import RedisStore  # noqa: E402
-from engine.service import JobService  # noqa: E402
+from engine.queue.redis_store import RedisStore  # noqa: E402
+from engine.queue.service import JobService  # noqa: E402
 from tests.harness import write_config  # noqa: E402
 
 
@@ -50,8 +50,8 @@ class SleepingRenderer:
                step_hook=None, on_fallback=None):
         import numpy as np
 
-        from engine.renderer import RenderResult
-        from engine.sampler import Cancelled
+        from engine.render.renderer import RenderResult
+        from engine.render.sampler import Cancelled
 
         width, height = preset.size_for(image.width, image.height)
         start = time.perf_counter()
@@ -72,14 +72,14 @@ class SleepingRenderer:
 
 
 async def serve_sleeping(config_path: str) -> None:
-    from engine.worker import Worker
+    from engine.queue.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     class SleepingWorker(Worker):
         async def _load_model(self) -> None:
             # What a model load would import anyway (torch), so the first job does not pay for it.
-            await asyncio.to_thread(importlib.import_module, "engine.renderer")
+            await asyncio.to_thread(importlib.import_module, "engine.render.renderer")
             self.renderer = SleepingRenderer()
             self.state = "ready"
             await self.store.heartbeat(self.id, self.state)

@@ -31,9 +31,9 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 import psutil  # noqa: E402
 
 from bot.core import BotCore, settle_heap  # noqa: E402
-from bot.discord_app import DiscordFrontEnd  # noqa: E402
-from bot.telegram_app import TelegramFrontEnd  # noqa: E402
-from engine.service import JobService  # noqa: E402
+from bot.discord.app import DiscordFrontEnd  # noqa: E402
+from bot.telegram.app import TelegramFrontEnd  # noqa: E402
+from engine.queue.service import JobService  # noqa: E402
 from scripts.measuring import percentile, stall_monitor  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord  # noqa: E402
 from tests.fakes.telegram_server import FakeTelegram  # noqa: E402

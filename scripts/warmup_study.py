@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.bench import MODEL_SEED  # noqa: E402
-from engine.fastpath import (  # noqa: E402
+from engine.presets import DEFAULT_PRESETS  # noqa: E402
+from engine.render.bench import MODEL_SEED  # noqa: E402
+from engine.render.fastpath import (  # noqa: E402
     FastPathOptions,
     accelerate,
     warm_bucket,
@@ -29,9 +30,8 @@ from engine.fastpath import (  # noqa: E402
     warm_presets,
     warm_shapes,
 )
-from engine.model import load_model  # noqa: E402
-from engine.presets import DEFAULT_PRESETS  # noqa: E402
-from engine.sampler import sample  # noqa: E402
+from engine.render.model import load_model  # noqa: E402
+from engine.render.sampler import sample  # noqa: E402
 
 
 def timed_render(parts, width: int, height: int, frames: int, steps: int) -> float:

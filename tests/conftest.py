@@ -17,7 +17,7 @@ def tiny_parts():
     """The tiny random-weight I2VGen-XL, built once per test session (torch is imported only when asked for)."""
     import torch
 
-    from engine.model import load_model
+    from engine.render.model import load_model
 
     torch.set_num_threads(1)
     return load_model("tiny", device="cpu")

@@ -13,8 +13,8 @@ from typing import Any
 
 from bot.core import BotCore
 from engine.config import Config, parse_config
-from engine.service import JobService
-from engine.worker import Worker
+from engine.queue.service import JobService
+from engine.queue.worker import Worker
 from tests.tiny_model import make_photo
 
 # Small shapes so a render takes a fraction of a second on two CPU cores.
@@ -93,7 +93,7 @@ async def running_stack(config: Config, tiny_parts=None, with_worker: bool = Tru
     tests do not pay the model import/build for every case. Process-level behaviour (SIGKILL, lease) is
     tested with real worker processes elsewhere.
     """
-    from engine.renderer import Renderer
+    from engine.render.renderer import Renderer
 
     service = JobService(config, poll_interval_s=0.05)
     await service.start()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.bench import (
+from engine.render.bench import (
     Row,
     capture_unet_inputs,
     end_to_end_row,
@@ -73,7 +73,7 @@ def test_flop_count_and_timing_of_one_tiny_unet_call():
 
 
 def test_queue_and_mp4_timings_use_the_real_store_and_encoder(tmp_path):
-    from engine.video import read_mp4_frames
+    from engine.media.video import read_mp4_frames
 
     assert 0 < time_queue(3, tmp_path) < 5
     assert (tmp_path / "bench-jobs.sqlite3").stat().st_size > 0

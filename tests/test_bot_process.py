@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import load_config
-from engine.store import SQLiteStore
+from engine.queue.sqlite_store import SQLiteStore
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram
 from tests.harness import TINY_PRESETS, photo_bytes, write_config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.video import probe_mp4
+from engine.media.video import probe_mp4
 from tests.harness import TINY_PRESETS, write_config
 from tests.tiny_model import make_photo
 

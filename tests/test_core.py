@@ -17,7 +17,7 @@ from bot.core import (
 )
 from engine.errors import UserError
 from engine.jobs import JobState
-from engine.video import probe_mp4
+from engine.media.video import probe_mp4
 from tests.harness import make_config, photo_bytes, running_stack
 
 
@@ -140,7 +140,7 @@ async def test_buttons_cancel_hq_reroll_delete(tmp_path):
 
 
 async def test_metrics_count_jobs_and_edits(tmp_path, tiny_parts):
-    from engine.metrics import Metrics
+    from engine.queue.metrics import Metrics
 
     config = make_config(tmp_path)
     async with running_stack(config, tiny_parts) as stack:

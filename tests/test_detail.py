@@ -26,7 +26,7 @@ import pytest
 import skimage.data
 from PIL import Image, ImageFilter
 
-from engine.detail import (
+from engine.media.detail import (
     ANALYSIS_SIDE,
     DETAILED_AT,
     VERY_DETAILED_AT,
@@ -168,7 +168,7 @@ def test_analysis_is_fast_on_a_large_photo():
 
 
 def test_no_torch_or_skimage_at_runtime():
-    code = "import sys, engine.detail; print(sorted(m for m in ('torch', 'skimage') if m in sys.modules))"
+    code = "import sys, engine.media.detail; print(sorted(m for m in ('torch', 'skimage') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

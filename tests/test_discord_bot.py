@@ -14,10 +14,10 @@ import discord
 import pytest
 
 from bot.core import t
-from bot.discord_app import DiscordFrontEnd
+from bot.discord.app import DiscordFrontEnd
 from engine.config import Config
 from engine.jobs import JobState
-from engine.video import probe_mp4
+from engine.media.video import probe_mp4
 from tests.fakes.discord_server import (
     CALLBACK_DEFERRED_MESSAGE,
     CALLBACK_MODAL,

@@ -12,7 +12,8 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import ModelError
-from engine.fastpath import (
+from engine.presets import DEFAULT_PRESETS, Preset
+from engine.render.fastpath import (
     COMPILE_CACHE_DIR,
     COMPILE_MODE,
     GRAPHS_MODE,
@@ -32,10 +33,9 @@ from engine.fastpath import (
     warm_presets,
     warm_up,
 )
-from engine.model import build_tiny
-from engine.presets import DEFAULT_PRESETS, Preset
-from engine.renderer import Renderer
-from engine.sampler import sample
+from engine.render.model import build_tiny
+from engine.render.renderer import Renderer
+from engine.render.sampler import sample
 from tests.tiny_model import make_photo, tiny_presets
 
 torch.set_num_threads(1)
@@ -284,7 +284,7 @@ def test_a_compiler_that_fails_twice_leaves_an_eager_renderer(tmp_path, photo, e
     stale.write_bytes(b"")
     parts = build_tiny()
     cfg = config(compile=True, compile_backend="tvm", warm_presets=None, decode_chunk_size=3)
-    with caplog.at_level("WARNING", logger="engine.fastpath"):
+    with caplog.at_level("WARNING", logger="engine.render.fastpath"):
         renderer = build_renderer(parts, cfg, tiny_presets(), tmp_path, warm=["quick"])
     assert [r.message.split(":")[0] for r in caplog.records] == [
         "compile warm-up failed (attempt 1)", "compile warm-up failed (attempt 2)",

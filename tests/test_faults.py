@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from engine.jobs import Done, Failed, FellBack, JobState
-from engine.video import probe_mp4
+from engine.media.video import probe_mp4
 from tests.harness import make_config, running_stack
 from tests.tiny_model import make_photo
 

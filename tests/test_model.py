@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.errors import ModelError
-from engine.model import (
+from engine.render.model import (
     ALLOW_CPU_FULL_ENV,
     build_random_full,
     build_tiny,
@@ -18,7 +18,7 @@ from engine.model import (
     place,
     save_model,
 )
-from engine.sampler import sample
+from engine.render.sampler import sample
 from tests.tiny_model import make_photo
 
 torch.set_num_threads(1)

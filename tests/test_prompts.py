@@ -14,8 +14,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from engine.detail import image_detail
 from engine.errors import UserError
+from engine.media.detail import image_detail
 from engine.prompts import (
     CAMERAS,
     SLOTS,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.presets import Preset
-from engine.renderer import Renderer
-from engine.sampler import Cancelled, center_crop_wide, sample
+from engine.render.renderer import Renderer
+from engine.render.sampler import Cancelled, center_crop_wide, sample
 from tests.tiny_model import make_photo, tiny_presets
 
 torch.set_num_threads(1)

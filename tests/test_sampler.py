@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.errors import ModelError
-from engine.model import build_tiny
-from engine.sampler import Cancelled, build_scheduler, encode_prompt, sample
+from engine.render.model import build_tiny
+from engine.render.sampler import Cancelled, build_scheduler, encode_prompt, sample
 from tests.tiny_model import make_photo
 
 torch.set_num_threads(1)
@@ -211,7 +211,7 @@ def test_dpm_solver_is_second_order_multistep_from_the_stored_config(tiny_parts)
 
 
 def test_bench_report_compares_with_the_reference():
-    from engine.bench import run_bench
+    from engine.render.bench import run_bench
 
     report = run_bench("tiny", repeat=1, device="cpu", steps=2, size=64)
     assert "ours/reference (medians): " in report

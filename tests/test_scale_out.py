@@ -16,10 +16,10 @@ import pytest
 
 from engine.config import load_config
 from engine.jobs import Cancelled, JobState
-from engine.redis_store import RedisStore
-from engine.service import JobService
-from engine.store import LEASE_TTL_S, fair_order
-from engine.video import read_mp4_frames
+from engine.media.video import read_mp4_frames
+from engine.queue.redis_store import RedisStore
+from engine.queue.service import JobService
+from engine.queue.sqlite_store import LEASE_TTL_S, fair_order
 from tests.harness import write_config
 from tests.redis_server import running_redis
 from tests.tiny_model import make_photo

@@ -9,7 +9,7 @@ from PIL import Image
 from engine.config import parse_config
 from engine.errors import UserError
 from engine.jobs import Cancelled, Done, Failed, JobState, Queued, Started, Step
-from engine.service import JobService
+from engine.queue.service import JobService
 
 
 def photo(w=96, h=64):

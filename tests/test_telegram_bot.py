@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from bot import telegram_app
 from bot.core import BotCore, t
-from bot.telegram_app import TelegramFrontEnd
+from bot.telegram import app as telegram_app
+from bot.telegram.app import TelegramFrontEnd
 from engine.jobs import Job, JobState
+from engine.media.video import probe_mp4, write_mp4
 from engine.prompts import load_templates
-from engine.video import probe_mp4, write_mp4
 from tests.fakes.telegram_server import Call, FakeTelegram
 from tests.harness import Stack, make_config, photo_bytes, running_stack
 
@@ -496,8 +496,8 @@ async def test_edits_in_a_group_stay_apart_across_jobs(tmp_path, tiny_parts):
 
 
 async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_parts):
-    from engine.renderer import Renderer
-    from engine.worker import Worker
+    from engine.queue.worker import Worker
+    from engine.render.renderer import Renderer
 
     async with FakeTelegram() as fake:
         config = make_config(tmp_path, telegram={"api_base_url": fake.base_url,

@@ -1,4 +1,4 @@
-"""engine.validate against the hostile corpus: every refusal is one clear sentence with a stable key."""
+"""engine.media.validate against the hostile corpus: every refusal is one clear sentence with a stable key."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.config import parse_config
 from engine.errors import UserError
-from engine.validate import (
+from engine.media.validate import (
     check_prompt,
     check_upload,
     limits_from_config,
@@ -107,7 +107,7 @@ def test_decompression_bomb_is_refused_from_the_header_fast_and_small():
 def test_bomb_headers_never_allocate_their_pixels():
     # tracemalloc misses Pillow's C allocations: measure the whole process's peak memory instead.
     code = (
-        "from engine.validate import load_image; from engine.errors import UserError; "
+        "from engine.media.validate import load_image; from engine.errors import UserError; "
         "from tests.hostile_inputs import raw_png, gif_header, zlib_bomb_png, IMAGE_LIMITS\n"
         "for data in (raw_png(30000, 30000), zlib_bomb_png(7000, 6000), gif_header(65535, 65535)):\n"
         "    try: load_image(data, **IMAGE_LIMITS)\n"
@@ -206,7 +206,7 @@ def test_load_image_file(tmp_path):
 
 def test_module_import_stays_light():
     code = (
-        "import sys, engine.validate; "
+        "import sys, engine.media.validate; "
         "heavy = [m for m in ('numpy', 'torch', 'diffusers') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

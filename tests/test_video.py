@@ -1,4 +1,4 @@
-"""engine.video: real MP4s written with the shipped ffmpeg, decoded back and inspected box by box."""
+"""engine.media.video: real MP4s written with the shipped ffmpeg, decoded back and inspected box by box."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.video import (
+from engine.media.video import (
     even_frames,
     ffmpeg_exe,
     fit_to_size,

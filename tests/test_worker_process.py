@@ -13,8 +13,8 @@ import pytest
 
 from engine.config import load_config
 from engine.jobs import Done, JobState, Queued
-from engine.service import JobService
-from engine.video import probe_mp4
+from engine.media.video import probe_mp4
+from engine.queue.service import JobService
 from tests.harness import TINY_PRESETS, make_config, running_stack, write_config
 from tests.tiny_model import make_photo
 

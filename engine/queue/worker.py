@@ -22,9 +22,9 @@ from pathlib import Path
 from engine.config import Config
 from engine.errors import ModelError, UserError
 from engine.jobs import Job, JobState
-from engine.store import Store, open_store, shape_key
+from engine.queue.sqlite_store import Store, open_store, shape_key
 
-log = logging.getLogger("engine.worker")
+log = logging.getLogger("engine.queue.worker")
 
 HEARTBEAT_S = 2.0
 PROGRESS_WRITE_S = 0.25     # at most four progress writes a second
@@ -108,8 +108,8 @@ class Worker:
             self.state = "ready"
             await self.store.heartbeat(self.id, self.state)
             return
-        from engine.fastpath import build_renderer
-        from engine.model import load_model
+        from engine.render.fastpath import build_renderer
+        from engine.render.model import load_model
 
         t0 = time.perf_counter()
         eng = self.config.engine
@@ -153,7 +153,7 @@ class Worker:
     # ---- one job ----
 
     async def process(self, job: Job) -> Job:
-        from engine.sampler import Cancelled
+        from engine.render.sampler import Cancelled
 
         log.info("job %s started (attempt %d) preset=%s seed=%d", job.id, job.attempts, job.preset, job.seed)
         self._cancel.clear()
@@ -243,8 +243,8 @@ class Worker:
             on_fallback=on_fallback)
 
     def _write_result(self, job: Job, result) -> Path:
-        from engine.service import private_file
-        from engine.video import write_mp4
+        from engine.media.video import write_mp4
+        from engine.queue.service import private_file
 
         self.results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         out = write_mp4(result.frames, self.results_dir / f"{job.id}.mp4", fps=result.fps)

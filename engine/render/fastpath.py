@@ -25,12 +25,12 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import ModelError, first_line
-from engine.model import ModelParts
 from engine.presets import Preset
-from engine.renderer import Renderer
-from engine.sampler import sample
+from engine.render.model import ModelParts
+from engine.render.renderer import Renderer
+from engine.render.sampler import sample
 
-log = logging.getLogger("engine.fastpath")
+log = logging.getLogger("engine.render.fastpath")
 
 # Measured on an H200: 99 s to compile one bucket from an empty cache, 130 ms a step after. max-autotune's
 # first compile was still running at the end of its time: opt in with compile_mode or the variable below.

@@ -461,7 +461,7 @@ class SQLiteStore:
 def open_store(url: str) -> Store:
     """A store for a URL: `redis://...` for several machines, anything else is a SQLite file path."""
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from engine.redis_store import RedisStore
+        from engine.queue.redis_store import RedisStore
         return RedisStore(url)
     if url.startswith("sqlite:///"):
         url = url[len("sqlite:///"):]

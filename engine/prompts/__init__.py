@@ -16,13 +16,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.detail import DETAILED_AT, VERY_DETAILED_AT
 from engine.errors import UserError
+from engine.media.detail import DETAILED_AT, VERY_DETAILED_AT
 
 CAMERAS = ("static", "zoom-in", "zoom-out", "pan-left", "pan-right", "tilt-up", "tilt-down", "orbit")
 SPEEDS = ("slow", "normal", "fast")
 SLOTS = ("subject", "action", "speed", "camera", "environment")
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "prompts"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "prompts"
 MAX_CONTENT_WORDS = 15
 
 _CHOICE_ALIASES = {

@@ -6,7 +6,7 @@ per-job work outside the model (image validation, queue submit -> claim, MP4 enc
 Full suite (a GPU and the random full-size model): the diffusers pipeline, our engine eager and our fast path
 for quick and hq end to end, ms per UNet call and its TFLOP/s against a matmul measured in the same run, peak
 memory, the low_vram peak, the fast path's deviation, and the compile warm-up with an empty and a warm cache.
-The fast path runs in fresh Python processes (python -m engine.bench child ...), each with a time limit, so a
+The fast path runs in fresh Python processes (python -m engine.render.bench child ...), each with a time limit, so a
 slow first compile cannot overrun the whole run. Rows marked "sampled" extrapolate from fewer steps.
 
 Each end-to-end measurement is a function setup -> (seconds, frames); measurements run interleaved, `repeat`
@@ -39,9 +39,9 @@ import torch
 
 from engine.config import DiscordConfig, EngineConfig, LimitsConfig
 from engine.errors import ModelError, first_line
-from engine.model import ModelParts, full_configs, load_model, place
 from engine.presets import DEFAULT_PRESETS, Preset
-from engine.sampler import encode_prompt, sample, vae_scale
+from engine.render.model import ModelParts, full_configs, load_model, place
+from engine.render.sampler import encode_prompt, sample, vae_scale
 
 PROMPT = "a red ball rolls across a wooden table, soft light"
 NEGATIVE = "distorted, blurry, static"
@@ -51,7 +51,7 @@ FULL_DEADLINE_S = 450.0  # the full suite plans its fresh-process parts to end w
 DEADLINE_ENV = "ENGINE_BENCH_DEADLINE_S"
 CHILD_MARKER = "BENCH-CHILD-RESULT "
 UNET_SAMPLE_CALLS = 5
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -155,7 +155,7 @@ def prepare(model: str, device: str, steps: int | None, size: int | tuple[int, i
 
 def production_decode_chunk(parts: ModelParts, width: int, height: int, frames: int) -> int:
     """The decode chunk the worker would use with the default config (the memory budget on CUDA)."""
-    from engine.fastpath import decode_chunk_policy
+    from engine.render.fastpath import decode_chunk_policy
 
     policy = decode_chunk_policy(parts, EngineConfig())
     return policy(width, height, frames) if policy else EngineConfig().decode_chunk_size
@@ -192,7 +192,7 @@ def _bench_image(width: int, height: int):
 def reference_pipeline(parts: ModelParts, scheduler: str):
     from diffusers import I2VGenXLPipeline
 
-    from engine.sampler import build_scheduler
+    from engine.render.sampler import build_scheduler
 
     pipe = I2VGenXLPipeline(
         vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
@@ -349,8 +349,8 @@ def relative_deviation(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def time_validation(repeat: int, width: int = 1920, height: int = 1440) -> float:
-    """Seconds to check and decode a phone-sized JPEG upload (engine.validate.load_image)."""
-    from engine.validate import load_image
+    """Seconds to check and decode a phone-sized JPEG upload (engine.media.validate.load_image)."""
+    from engine.media.validate import load_image
 
     buffer = io.BytesIO()
     _bench_image(width, height).save(buffer, "JPEG", quality=90)
@@ -372,7 +372,7 @@ def time_queue(repeat: int, folder: Path) -> float:
 
 async def _time_queue(repeat: int, folder: Path) -> float:
     from engine.jobs import Job, JobState, new_job_id
-    from engine.store import Limits, SQLiteStore
+    from engine.queue.sqlite_store import Limits, SQLiteStore
 
     store = SQLiteStore(folder / "bench-jobs.sqlite3")
     await store.open()
@@ -402,7 +402,7 @@ def moving_frames(width: int = 512, height: int = 512, frames: int = 16) -> np.n
 
 
 def time_mp4(repeat: int, folder: Path, frames: np.ndarray, fps: int = 8) -> tuple[float, Path]:
-    from engine.video import write_mp4
+    from engine.media.video import write_mp4
 
     times = []
     path = folder / "bench.mp4"
@@ -414,7 +414,7 @@ def time_mp4(repeat: int, folder: Path, frames: np.ndarray, fps: int = 8) -> tup
 
 
 def time_fit(repeat: int, path: Path, max_bytes: int) -> float:
-    from engine.video import fit_to_size
+    from engine.media.video import fit_to_size
 
     times = []
     for _ in range(repeat):
@@ -571,7 +571,7 @@ def run_full_suite(setup: BenchSetup, model: str, repeat: int, report: Report, d
 def eager_unet_rows(setup: BenchSetup, args: tuple, kwargs: dict[str, Any]
                     ) -> tuple[list[tuple[str, float, str]], torch.Tensor]:
     """Sampled UNet calls of the eager network, also in channels-last and with fp8 linears (reverted after)."""
-    from engine.fastpath import quantize_linears_fp8, to_channels_last
+    from engine.render.fastpath import quantize_linears_fp8, to_channels_last
 
     unet = setup.parts.unet
     ms, ref = time_unet_calls(unet, args, kwargs)
@@ -699,7 +699,7 @@ def per_step_slope(long_s: float, long_steps: int, short_s: float, short_steps: 
 
 def fast_options(cache_dir: Path, device: torch.device, backend: str = "inductor") -> dict[str, Any]:
     """The worker's fast path for this device (compile forced on), as JSON for a child process."""
-    from engine.fastpath import options_from_config
+    from engine.render.fastpath import options_from_config
 
     options = options_from_config(dataclasses.replace(EngineConfig(), compile=True), device, cache_dir.parent)
     fields = dataclasses.asdict(dataclasses.replace(options, backend=backend))
@@ -711,7 +711,7 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
                    deadline: float, report: Report, flops: float, peak: float,
                    backend: str = "inductor") -> dict[str, Any]:
     """Cold compile + fast renders in one fresh process, then a warm-cache compile in another."""
-    from engine.fastpath import COMPILE_MODE, GRAPHS_MODE
+    from engine.render.fastpath import COMPILE_MODE, GRAPHS_MODE
 
     device = setup.parts.device
     cache_dir = folder / "compile-cache"
@@ -746,7 +746,7 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
     if "error" in warm:
         report.add(f"  warm-cache compile not measured: {warm['error']}")
     else:
-        from engine.fastpath import warm_presets, warm_shapes
+        from engine.render.fastpath import warm_presets, warm_shapes
 
         buckets = len(warm_shapes(DEFAULT_PRESETS, warm_presets(DEFAULT_PRESETS)))
         warm["all_buckets_s"] = buckets * warm["compile_s"]
@@ -761,7 +761,7 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run child_main in a fresh Python (its own process group, killed whole at the time limit)."""
     if timeout < 30:
         return {"error": f"out of time ({timeout:.0f} s left for it)"}
-    command = [sys.executable, "-m", "engine.bench", "child", json.dumps(spec)]
+    command = [sys.executable, "-m", "engine.render.bench", "child", json.dumps(spec)]
     proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     # A SIGTERM to the bench (a time limit around it) must take the child and its compile workers along.
     main_thread = threading.current_thread() is threading.main_thread()
@@ -790,7 +790,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: load, check the weights match the parent's, accelerate, compile one bucket (timed);
     with "measure", also the fast renders, the sampled UNet call and the deviations from the eager outputs."""
-    from engine.fastpath import FastPathOptions, accelerate, warm_bucket
+    from engine.render.fastpath import FastPathOptions, accelerate, warm_bucket
 
     start = time.perf_counter()
     setup = prepare(spec["model"], spec["device"], spec["quick"], (spec["width"], spec["height"]))
@@ -887,7 +887,7 @@ def target_lines(eager_rows: list[Row], fast: dict[str, Any], low: Row) -> list[
 
 def _child_entry(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "child":
-        print("usage: python -m engine.bench child SPEC_JSON (run by run_bench)", file=sys.stderr)
+        print("usage: python -m engine.render.bench child SPEC_JSON (run by run_bench)", file=sys.stderr)
         return 2
     try:
         result = child_main(json.loads(argv[1]))

@@ -653,7 +653,7 @@ class DiscordFrontEnd:
 
     async def download(self, attachment: discord.Attachment) -> bytes:
         """The attachment's bytes from an allowed host, streamed and cut off past the image size limit."""
-        from engine.validate import read_capped
+        from engine.media.validate import read_capped
 
         failed = UserError("I could not download your image; please send it again.", "download_failed")
         parts = urlsplit(attachment.url)

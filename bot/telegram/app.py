@@ -557,7 +557,7 @@ class TelegramFrontEnd:
         preset = self.config.presets.get(job.preset)
         if video == Path(job.result_path) and not job.fell_back and preset and job.width and job.height:
             return job.width, job.height, max(1, round(job.frames / preset.fps))
-        from engine.video import probe_mp4
+        from engine.media.video import probe_mp4
 
         info = await asyncio.to_thread(probe_mp4, video)
         return info["width"], info["height"], max(1, round(info.get("duration_s") or 1))

@@ -13,7 +13,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from engine.model import ModelParts
+from engine.render.model import ModelParts
 
 SCHEDULERS = ("dpmpp_2m", "ddim")
 OUTPUTS = ("np", "float", "latent")

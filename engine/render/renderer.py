@@ -12,9 +12,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from engine.model import ModelParts
 from engine.presets import Preset
-from engine.sampler import center_crop_wide, sample
+from engine.render.model import ModelParts
+from engine.render.sampler import center_crop_wide, sample
 
 # torch.cuda.OutOfMemoryError is an alias of torch.OutOfMemoryError in recent torch; older ones have only it.
 OOM_ERRORS: tuple[type[BaseException], ...] = tuple(

@@ -20,7 +20,6 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import UserError
-from engine.eta import EtaModel
 from engine.jobs import (
     Cancelled,
     Done,
@@ -34,9 +33,10 @@ from engine.jobs import (
     Step,
     new_job_id,
 )
-from engine.store import Limits, Store, open_store
+from engine.queue.eta import EtaModel
+from engine.queue.sqlite_store import Limits, Store, open_store
 
-log = logging.getLogger("engine.service")
+log = logging.getLogger("engine.queue.service")
 
 FINAL_EVENTS = (Done, Failed, Cancelled)
 FOLLOWERS_PER_TURN = 50   # followers brought up to date per event-loop turn by the watcher

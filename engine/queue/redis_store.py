@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 
 from engine.errors import UserError
 from engine.jobs import Job, JobState
-from engine.store import LEASE_TTL_S, MAX_ATTEMPTS, STEP_SAMPLES, Limits, WorkerInfo, fair_order
+from engine.queue.sqlite_store import LEASE_TTL_S, MAX_ATTEMPTS, STEP_SAMPLES, Limits, WorkerInfo, fair_order
 
 DEFAULT_PREFIX = "animabot:"
 LEASE_FORGET_S = 3600.0     # a lease dead this long is dropped from the worker list
