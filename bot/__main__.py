@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.config import Config, load_config
 from engine.errors import UserError
+from engine.queue.backends import is_redis_url
 
 log = logging.getLogger("bot")
 
@@ -49,7 +50,6 @@ class WorkerSupervisor:
         self.store_url = store_url
         self.restart_delay_s = restart_delay_s
         self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
         self._stopping = False
         self._task: asyncio.Task | None = None
 
@@ -81,7 +81,6 @@ class WorkerSupervisor:
             else:
                 quick_usage_errors = 0
                 delay = self.restart_delay_s if ran_s > 60 else min(60.0, delay * 2)
-            self.restarts += 1
             await asyncio.sleep(delay)
 
     async def stop(self, timeout_s: float = 20.0) -> None:
@@ -100,7 +99,7 @@ class WorkerSupervisor:
 
 
 def wants_local_worker(config: Config) -> bool:
-    if not config.storage.url.startswith(("redis://", "rediss://")):
+    if not is_redis_url(config.storage.url):
         return True
     return bool(config.engine.local_worker) and "local_worker" in config.raw.get("engine", {})
 
@@ -149,7 +148,7 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
                     if expired:
                         log.info("expired %d old jobs", expired)
                 if core.metrics:
-                    await core.metrics.sample_store(service.store)
+                    await service.sample_metrics(core.metrics)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), METRICS_EVERY_S)
     finally:

@@ -39,9 +39,6 @@ class Preset:
         name = min(ASPECTS, key=lambda a: abs(math.log(a[1]) - wanted))[0]
         return self.bucket(name)
 
-    def with_overrides(self, **changes: Any) -> Preset:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
 
 def _bucket(pixels: int, ratio: float) -> tuple[int, int]:
     candidates = []

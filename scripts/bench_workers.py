@@ -51,14 +51,14 @@ class SleepingRenderer:
         import numpy as np
 
         from engine.render.renderer import RenderResult
-        from engine.render.sampler import Cancelled
+        from engine.render.sampler import RenderCancelled
 
         width, height = preset.size_for(image.width, image.height)
         start = time.perf_counter()
         step_seconds = []
         for step in range(1, preset.steps + 1):
             if should_cancel is not None and should_cancel():
-                raise Cancelled()
+                raise RenderCancelled()
             t0 = time.perf_counter()
             if step_hook is not None:
                 step_hook(step)

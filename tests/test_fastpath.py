@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from engine.config import EngineConfig
-from engine.errors import ModelError
 from engine.presets import DEFAULT_PRESETS, Preset
 from engine.render.fastpath import (
     COMPILE_CACHE_DIR,
@@ -73,7 +72,7 @@ def test_auto_options_are_on_for_cuda_and_off_for_the_cpu(tmp_path, monkeypatch)
     cuda = options_from_config(EngineConfig(), "cuda", tmp_path)
     assert cuda.compile and cuda.fuse_qkv and cuda.cache_dir == tmp_path / COMPILE_CACHE_DIR
     # Exact-output options only by default; CUDA graphs and layout changes need asking for.
-    assert not (cuda.cuda_graphs or cuda.channels_last or cuda.fp8 or cuda.block_cache or cuda.compile_vae)
+    assert not (cuda.cuda_graphs or cuda.channels_last or cuda.fp8 or cuda.compile_vae)
     assert cuda.compile_mode == COMPILE_MODE == "default"
 
 
@@ -197,9 +196,6 @@ def test_fp8_linear_is_close_but_not_exact():
     assert isinstance(parent[0], Fp8Linear) and type(parent[1]) is torch.nn.Linear
 
 
-def test_block_cache_is_refused_until_implemented(tiny_parts):
-    with pytest.raises(ModelError, match="block_cache"):
-        accelerate(tiny_parts, off(block_cache=True))
 
 
 # ---------------------------------------------------------------- compiling

@@ -11,9 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.errors import UserError
 from engine.jobs import Job, JobState
+from engine.queue.backends import open_store
 from engine.queue.metrics import Metrics, start_metrics_server
 from engine.queue.redis_store import RedisStore
-from engine.queue.sqlite_store import STEP_SAMPLES, Limits, SQLiteStore, fair_order, open_store
+from engine.queue.sqlite_store import SQLiteStore
+from engine.queue.store import STEP_SAMPLES, Limits, fair_order
 from tests import redis_server as real_redis
 from tests.redis_server import free_port
 

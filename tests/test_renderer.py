@@ -6,7 +6,7 @@ import torch
 
 from engine.presets import Preset
 from engine.render.renderer import Renderer
-from engine.render.sampler import Cancelled, center_crop_wide, sample
+from engine.render.sampler import RenderCancelled, center_crop_wide, sample
 from tests.tiny_model import make_photo, tiny_presets
 
 torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def test_out_of_memory_again_after_fallback_is_raised(renderer):
 
 
 def test_cancel_passes_through(renderer):
-    with pytest.raises(Cancelled):
+    with pytest.raises(RenderCancelled):
         renderer.render(make_photo(64, 64), "x", "", MAIN, 1, PRESETS, should_cancel=lambda: True)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import ModelError
 from engine.render.model import build_tiny
-from engine.render.sampler import Cancelled, build_scheduler, encode_prompt, sample
+from engine.render.sampler import RenderCancelled, build_scheduler, encode_prompt, sample
 from tests.tiny_model import make_photo
 
 torch.set_num_threads(1)
@@ -155,7 +155,7 @@ def test_cancel_stops_within_one_step(tiny_parts, photo):
     steps_done = []
     calls, handle = unet_call_counter(tiny_parts)
     try:
-        with pytest.raises(Cancelled):
+        with pytest.raises(RenderCancelled):
             sample(
                 tiny_parts,
                 photo,
@@ -167,7 +167,7 @@ def test_cancel_stops_within_one_step(tiny_parts, photo):
             )
         assert len(calls) == 2
         calls.clear()
-        with pytest.raises(Cancelled):
+        with pytest.raises(RenderCancelled):
             sample(tiny_parts, photo, "rain", seed=0, should_cancel=lambda: True, **FAST)
         assert calls == []
     finally:

@@ -19,7 +19,7 @@ from engine.jobs import Cancelled, JobState
 from engine.media.video import read_mp4_frames
 from engine.queue.redis_store import RedisStore
 from engine.queue.service import JobService
-from engine.queue.sqlite_store import LEASE_TTL_S, fair_order
+from engine.queue.store import LEASE_TTL_S, fair_order
 from tests.harness import write_config
 from tests.redis_server import running_redis
 from tests.tiny_model import make_photo

@@ -7,7 +7,8 @@ import pytest
 
 from engine.errors import UserError
 from engine.jobs import Job, JobState
-from engine.queue.sqlite_store import Limits, SQLiteStore, fair_order
+from engine.queue.sqlite_store import SQLiteStore
+from engine.queue.store import Limits, fair_order
 
 
 def make_job(user: str, n: int, t: float = 0.0) -> Job:

@@ -279,7 +279,6 @@ async def test_result_buttons_hq_info_reroll_delete_work_from_callback_data(tmp_
         result = fake.message(group.id, first.result["message_id"])
         data = {d.split(":")[1]: d for d in result.callback_data()}
 
-        env.front._results.clear()   # buttons need nothing in memory
         hq = fake.press_button(group, bob, result, data["hq"])
         await fake.wait_for(lambda: hq.answered)
         second = (await env.videos(2))[1]
@@ -341,7 +340,6 @@ async def test_caption_flags_reach_the_built_prompt_and_info_shows_them(tmp_path
 
         result_id = upload.result["message_id"]
         await settle(env.stack)
-        env.front._results.clear()   # found again through the job's status_ref
         ask = fake.send_text(chat, alice, "/info", reply_to=result_id)
         [reply] = await env.replies(ask)
         text = reply.params["text"]

@@ -562,12 +562,12 @@ class DiscordFrontEnd:
         """Sync the global commands when their definitions (or the application) changed since the last sync."""
         material = {"application": self.client.application_id, "commands": await self.command_payloads()}
         digest = hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        store = self.core.service.store
-        if await store.get_meta(COMMANDS_HASH_KEY) == digest:
+        service = self.core.service
+        if await service.setting(COMMANDS_HASH_KEY) == digest:
             log.info("discord: commands unchanged, not syncing")
             return False
         await self.tree.sync()
-        await store.set_meta(COMMANDS_HASH_KEY, digest)
+        await service.save_setting(COMMANDS_HASH_KEY, digest)
         log.info("discord: synced %d commands", len(material["commands"]))
         return True
 

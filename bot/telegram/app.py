@@ -60,7 +60,7 @@ from bot.core import (
 )
 from engine.config import Config
 from engine.errors import UserError
-from engine.jobs import Job, JobState
+from engine.jobs import Job
 
 log = logging.getLogger("bot.telegram")
 
@@ -70,7 +70,6 @@ ALERT_LIMIT = 200               # answerCallbackQuery text limit
 UPLOAD_TIMEOUT_S = 120.0
 DOWNLOAD_ATTEMPTS = 3
 SEEN_ALBUMS = 512
-RESULT_CACHE = 2048
 
 CAPTION_COMMAND = re.compile(r"^\s*/(animate|hq)(?:@([A-Za-z0-9_]+))?(?=\s|$)", re.IGNORECASE)
 TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
@@ -310,7 +309,11 @@ class TelegramJobUI:
         self.status_id, self._shown = status_id, (text, markup)
 
     async def save_ref(self) -> None:
-        await self.front.core.service.set_status_ref(self.job_id, self.ref())
+        service = self.front.core.service
+        await service.set_status_ref(self.job_id, self.ref())
+        for message_id in (self.status_id, self.result_id):
+            if message_id:   # /info as a reply to either finds the job again, after a restart too
+                await service.link_message(self.job_id, PLATFORM, self.chat_id, message_id)
 
     # ---- JobUI
 
@@ -365,7 +368,6 @@ class TelegramJobUI:
         if self.result_id is None:
             if not await self._send_video(job, video, buttons):
                 return
-            self.front.remember_result(self.chat_id, self.result_id, job.id)
             await self.save_ref()
         await self._delete_status()
 
@@ -442,7 +444,6 @@ class TelegramFrontEnd:
         self.app: Application | None = None
         self._pending: dict[tuple[int, int], PendingAsk] = {}
         self._albums: OrderedDict[str, None] = OrderedDict()
-        self._results: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._pacers: weakref.WeakValueDictionary[int, ChatPacer] = weakref.WeakValueDictionary()
         self._followers: set[asyncio.Task] = set()
 
@@ -533,12 +534,6 @@ class TelegramFrontEnd:
             pacer = ChatPacer(interval)
             self._pacers[chat_id] = pacer
         return pacer
-
-    def remember_result(self, chat_id: int, message_id: int | None, job_id: str) -> None:
-        if message_id:
-            self._results[(chat_id, message_id)] = job_id
-            while len(self._results) > RESULT_CACHE:
-                self._results.popitem(last=False)
 
     async def _resume(self) -> None:
         """Follow undelivered jobs again after a restart, keeping their tasks so close() can stop them."""
@@ -854,21 +849,9 @@ class TelegramFrontEnd:
         await self._run_command(update, produce)
 
     async def job_for_message(self, chat_id: int, message_id: int) -> str | None:
-        """The job whose result (or status) message this is, from the jobs' status_ref."""
-        cached = self._results.get((chat_id, message_id))
-        if cached:
-            return cached
-        states = [JobState.DONE, JobState.QUEUED, JobState.RUNNING]
-        for job in reversed(await self.core.service.store.jobs(states=states, limit=100_000)):
-            if job.platform != PLATFORM or job.chat != str(chat_id) or not job.status_ref:
-                continue
-            try:
-                ref = json.loads(job.status_ref)
-            except ValueError:
-                continue
-            if message_id in (ref.get("result"), ref.get("status")):
-                return job.id
-        return None
+        """The job whose result (or status) message this is."""
+        job = await self.core.service.job_for_message(PLATFORM, chat_id, message_id)
+        return job.id if job else None
 
 
 __all__ = ["ChatPacer", "TelegramFrontEnd", "TelegramJobUI"]

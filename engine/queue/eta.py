@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.jobs import Job
-from engine.queue.sqlite_store import shape_key
+from engine.queue.store import shape_key
 
 
 @dataclass

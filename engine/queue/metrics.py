@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from engine.jobs import Job, JobState
-from engine.queue.sqlite_store import Store
+from engine.queue.store import Store
 
 # Seconds: a preview render takes seconds to a minute, a queue wait up to many minutes.
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)

@@ -13,6 +13,7 @@ Keys (prefix "animabot:" by default; `RedisStore(url, prefix=...)` or `redis://h
     served              hash user -> when a worker last took one of their jobs (fair order)
     seq                 change counter (INCR); changes: sorted set job id -> seq of its last write
     lease:<owner>       hash pid, state, heartbeat_at, job; leases: set of owners
+    messages            hash front end's message key -> job id (a result or status message's job)
     meta                hash key -> JSON; step:<shape> list of [step_s, overhead_s]; step_keys: set
 
 Every state change runs in one Lua script, so the indexes above never disagree with the job hashes, and a
@@ -38,9 +39,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from engine.errors import UserError
 from engine.jobs import Job, JobState
-from engine.queue.sqlite_store import LEASE_TTL_S, MAX_ATTEMPTS, STEP_SAMPLES, Limits, WorkerInfo, fair_order
+from engine.queue.store import (
+    LEASE_TTL_S,
+    STEP_SAMPLES,
+    Limits,
+    WorkerInfo,
+    fair_order,
+    recovery_fields,
+    refusal_error,
+)
 
 DEFAULT_PREFIX = "animabot:"
 LEASE_FORGET_S = 3600.0     # a lease dead this long is dropped from the worker list
@@ -356,31 +364,6 @@ def _split_prefix(url: str, prefix: str | None) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix or (from_url[-1] if from_url else DEFAULT_PREFIX)
 
 
-def _recovery_fields(job: Job) -> dict[str, Any]:
-    """What happens to a job whose worker died: the same rules as SQLiteStore.recover."""
-    now = time.time()
-    if job.cancel_requested:
-        return {"state": JobState.CANCELLED, "finished_at": now}
-    if job.attempts >= MAX_ATTEMPTS:
-        return {"state": JobState.FAILED, "finished_at": now,
-                "error": "The renderer stopped twice while making this video, so it was not retried again."}
-    return {"state": JobState.QUEUED, "worker": "", "step": 0, "options": {**job.options, "retried": True}}
-
-
-def _limit_error(reason: list[str], limits: Limits) -> UserError:
-    """The same refusals, keys and wording as SQLiteStore.submit."""
-    if reason[0] == "queue_full":
-        return UserError("The queue is full right now; please try again in a few minutes.",
-                         "queue_full", limit=limits.max_length)
-    if reason[0] == "user_limit":
-        return UserError(f"You already have {limits.per_user} jobs waiting or rendering; "
-                         "wait for one to finish or cancel it.", "user_limit", limit=limits.per_user)
-    wait_min = max(1, round((float(reason[1]) + 3600 - time.time()) / 60))
-    return UserError(f"You have reached {limits.jobs_per_hour} videos per hour; "
-                     f"try again in about {wait_min} minutes.",
-                     "rate_limited", limit=limits.jobs_per_hour, minutes=wait_min)
-
-
 class RedisStore:
     """Jobs, leases and measurements in one Redis server, shared by any number of workers and front ends."""
 
@@ -445,7 +428,7 @@ class RedisStore:
             "submit", job.id, job.user, repr(float(job.created_at)), repr(time.time()),
             limits.per_user, limits.max_length, limits.jobs_per_hour, *_pairs(fields))
         if reply[0] != "ok":
-            raise _limit_error(reply, limits)
+            raise refusal_error(reply[0], limits, float(reply[1]) if len(reply) > 1 else None)
         return _job(reply[1])
 
     async def get(self, job_id: str) -> Job | None:
@@ -515,7 +498,7 @@ class RedisStore:
     async def _recover_one(self, job: Job, check_lease: bool, tries: int = 3) -> Job | None:
         for _ in range(tries):
             reply = await self._run("recover", job.id, job.seq, "1" if check_lease else "0", self.lease_ttl_s,
-                                    *_pairs(_recovery_fields(job)))
+                                    *_pairs(recovery_fields(job)))
             if reply[0] == "ok":
                 return _job(reply[1])
             if reply[0] == "alive":
@@ -531,6 +514,14 @@ class RedisStore:
         ids = list(job_ids)
         for i in range(0, len(ids), FETCH_CHUNK):
             await self._run("delete", *ids[i:i + FETCH_CHUNK])
+
+    # ---- chat messages -> jobs ----
+
+    async def link_message(self, key: str, job_id: str) -> None:
+        await self.redis.hset(self.key("messages"), key, job_id)
+
+    async def message_job(self, key: str) -> str | None:
+        return await self.redis.hget(self.key("messages"), key)
 
     async def notifications(self) -> AsyncIterator[dict[str, Any]]:
         """Job writes as they happen: {"id", "seq", "state", "step"} from the `<prefix>events` channel."""

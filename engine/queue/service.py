@@ -33,8 +33,9 @@ from engine.jobs import (
     Step,
     new_job_id,
 )
+from engine.queue.backends import open_store
 from engine.queue.eta import EtaModel
-from engine.queue.sqlite_store import Limits, Store, open_store
+from engine.queue.store import Limits, Store
 
 log = logging.getLogger("engine.queue.service")
 
@@ -62,6 +63,10 @@ def private_file(path: Path, data: bytes | None = None) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     os.chmod(path, 0o600)
+
+
+def _message_key(platform: str, chat: str | int, message_id: str | int) -> str:
+    return f"{platform}:{chat}:{message_id}"
 
 
 class JobService:
@@ -185,6 +190,19 @@ class JobService:
             raise UserError("This job has expired or no longer exists.", "expired")
         return job
 
+    async def job_for_message(self, platform: str, chat: str | int, message_id: str | int) -> Job | None:
+        """The job whose status or result message this is (as linked by `link_message`), if it still exists."""
+        job_id = await self.store.message_job(_message_key(platform, chat, message_id))
+        return await self.store.get(job_id) if job_id else None
+
+    async def setting(self, key: str, default: Any = None) -> Any:
+        """A small value a front end keeps across restarts (e.g. the digest of its last command sync)."""
+        return await self.store.get_meta(f"setting:{key}", default)
+
+    async def sample_metrics(self, metrics: Any) -> None:
+        """Refresh the store-read gauges of an `engine.queue.metrics.Metrics`."""
+        await metrics.sample_store(self.store)
+
     async def eta_model(self) -> EtaModel:
         q = self.config.queue
         return EtaModel(await self.store.step_times(), dict(q.default_step_s), q.default_overhead_s)
@@ -255,6 +273,13 @@ class JobService:
 
     async def set_status_ref(self, job_id: str, ref: str) -> Job:
         return await self.store.update(job_id, status_ref=ref)
+
+    async def link_message(self, job_id: str, platform: str, chat: str | int, message_id: str | int) -> None:
+        """Remember that this chat message (a status or a result) belongs to the job, for `job_for_message`."""
+        await self.store.link_message(_message_key(platform, chat, message_id), job_id)
+
+    async def save_setting(self, key: str, value: Any) -> None:
+        await self.store.set_meta(f"setting:{key}", value)
 
     async def mark_delivered(self, job_id: str, **fields: Any) -> Job:
         return await self.store.update(job_id, delivered=True, **fields)

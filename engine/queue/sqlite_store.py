@@ -1,8 +1,7 @@
-"""Durable job store. The only channel between front ends and workers.
+"""SQLite job store: one file shared by the bot process and the worker process on one machine.
 
-`Store` is the Protocol; `SQLiteStore` keeps everything in one SQLite file (WAL, `BEGIN IMMEDIATE` for
-writes, a busy timeout and retries when another process holds the lock). `open_store(url)` picks the
-implementation from the URL: a file path, or `redis://...`.
+WAL, `BEGIN IMMEDIATE` for writes, a busy timeout and retries when another process holds the lock. The rules
+(limits, fair order, recovery) come from `engine.queue.store`; this module only stores.
 
 Every write bumps a store-wide change counter (`seq`) and stamps it on the job it touched, so a front end
 polls `changes_since(seq)` with one indexed query, however many jobs it watches.
@@ -18,92 +17,23 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 
-from engine.errors import UserError
 from engine.jobs import Job, JobState
-
-LEASE_TTL_S = 10.0          # a worker that has not heart-beaten for this long is presumed dead
-MAX_ATTEMPTS = 2            # a job whose worker died is retried once, then failed
-STEP_SAMPLES = 8            # measured step times kept per shape for ETAs
-
-
-@dataclass(frozen=True)
-class Limits:
-    per_user: int = 2
-    max_length: int = 50
-    jobs_per_hour: int = 0
-
-
-@dataclass
-class WorkerInfo:
-    owner: str
-    state: str              # "loading" | "ready" | "busy"
-    heartbeat_at: float
-    pid: int = 0
-
-    @property
-    def alive(self) -> bool:
-        return time.time() - self.heartbeat_at < LEASE_TTL_S
-
-
-def fair_order(queued: Iterable[Job], last_served: dict[str, float]) -> list[Job]:
-    """Round-robin across users, first-in-first-out per user.
-
-    Users are ranked by when they were last served (never served first), then by their oldest waiting
-    job; the queue takes each user's first job in that rank, then each user's second job, and so on.
-    """
-    per_user: dict[str, list[Job]] = {}
-    for job in sorted(queued, key=lambda j: (j.created_at, j.id)):
-        per_user.setdefault(job.user, []).append(job)
-    users = sorted(per_user, key=lambda u: (last_served.get(u, 0.0), per_user[u][0].created_at))
-    rank = {u: i for i, u in enumerate(users)}
-    order = [(k, rank[u], job) for u, jobs in per_user.items() for k, job in enumerate(jobs)]
-    return [job for _, _, job in sorted(order, key=lambda t: (t[0], t[1]))]
-
-
-def shape_key(preset: str, width: int, height: int, frames: int) -> str:
-    return f"{preset}:{width}x{height}x{frames}"
-
-
-class Store(Protocol):
-    """What front ends and workers need from a job store (SQLite now, Redis for several machines)."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-
-    # jobs
-    async def submit(self, job: Job, limits: Limits) -> Job: ...
-    async def get(self, job_id: str) -> Job | None: ...
-    async def update(self, job_id: str, **fields: Any) -> Job: ...
-    async def claim(self, worker: str) -> Job | None: ...
-    async def finish(self, job_id: str, state: JobState, **fields: Any) -> Job: ...
-    async def cancel(self, job_id: str) -> Job: ...
-    async def queued(self) -> list[Job]: ...
-    async def running(self) -> list[Job]: ...
-    async def jobs(self, user: str | None = None, states: Iterable[JobState] | None = None,
-                   limit: int = 1000) -> list[Job]: ...
-    async def changes_since(self, seq: int) -> tuple[list[Job], int]: ...
-    async def recover(self, dead_worker: str | None = None) -> list[Job]: ...
-    async def delete_jobs(self, job_ids: Iterable[str]) -> None: ...
-
-    # workers
-    async def acquire_lease(self, owner: str, pid: int, exclusive: bool) -> bool: ...
-    async def heartbeat(self, owner: str, state: str) -> None: ...
-    async def release_lease(self, owner: str) -> None: ...
-    async def workers(self) -> list[WorkerInfo]: ...
-
-    # settings and measurements
-    async def get_meta(self, key: str, default: Any = None) -> Any: ...
-    async def set_meta(self, key: str, value: Any) -> None: ...
-    async def record_step_time(self, key: str, step_s: float, overhead_s: float) -> None: ...
-    async def step_times(self) -> dict[str, tuple[float, float]]: ...
-    async def last_served(self) -> dict[str, float]: ...
-
+from engine.queue.store import (
+    HOUR_S,
+    LEASE_TTL_S,
+    STEP_SAMPLES,
+    Limits,
+    WorkerInfo,
+    fair_order,
+    limit_refusal,
+    recovery_fields,
+    refusal_error,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -125,6 +55,8 @@ CREATE TABLE IF NOT EXISTS step_times (key TEXT PRIMARY KEY, samples TEXT NOT NU
 CREATE TABLE IF NOT EXISTS served (user TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS submissions (user TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS submissions_user ON submissions(user, at);
+CREATE TABLE IF NOT EXISTS messages (key TEXT PRIMARY KEY, job TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_job ON messages(job);
 """
 
 
@@ -232,25 +164,19 @@ class SQLiteStore:
         async def tx():
             now = time.time()
             cur = await self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'")
-            if limits.max_length and (await cur.fetchone())[0] >= limits.max_length:
-                raise UserError("The queue is full right now; please try again in a few minutes.",
-                                "queue_full", limit=limits.max_length)
+            queued_total = (await cur.fetchone())[0]
             cur = await self.db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE user=? AND state IN ('queued','running')", (job.user,))
-            if limits.per_user and (await cur.fetchone())[0] >= limits.per_user:
-                raise UserError(f"You already have {limits.per_user} jobs waiting or rendering; "
-                                "wait for one to finish or cancel it.", "user_limit", limit=limits.per_user)
-            if limits.jobs_per_hour:
-                cur = await self.db.execute(
-                    "SELECT COUNT(*), MIN(at) FROM submissions WHERE user=? AND at>?", (job.user, now - 3600))
-                count, oldest = await cur.fetchone()
-                if count >= limits.jobs_per_hour:
-                    wait_min = max(1, round((oldest + 3600 - now) / 60))
-                    raise UserError(f"You have reached {limits.jobs_per_hour} videos per hour; "
-                                    f"try again in about {wait_min} minutes.",
-                                    "rate_limited", limit=limits.jobs_per_hour, minutes=wait_min)
+            user_active = (await cur.fetchone())[0]
+            cur = await self.db.execute(
+                "SELECT COUNT(*), MIN(at) FROM submissions WHERE user=? AND at>?", (job.user, now - HOUR_S))
+            hour_count, hour_oldest = await cur.fetchone()
+            refusal = limit_refusal(limits, queued_total=queued_total, user_active=user_active,
+                                    hour_count=hour_count, hour_oldest_at=hour_oldest)
+            if refusal:
+                raise refusal_error(refusal, limits, hour_oldest, now)
             await self.db.execute("INSERT INTO submissions(user, at) VALUES(?, ?)", (job.user, now))
-            await self.db.execute("DELETE FROM submissions WHERE at < ?", (now - 3600,))
+            await self.db.execute("DELETE FROM submissions WHERE at < ?", (now - HOUR_S,))
             job.state = JobState.QUEUED
             return await self._save(job)
         return await self._write(tx)
@@ -354,14 +280,8 @@ class SQLiteStore:
             for job in await self._select("SELECT data FROM jobs WHERE state='running'"):
                 if dead_worker is not None and job.worker != dead_worker:
                     continue
-                if job.cancel_requested:
-                    job.state, job.finished_at = JobState.CANCELLED, time.time()
-                elif job.attempts >= MAX_ATTEMPTS:
-                    job.state, job.finished_at = JobState.FAILED, time.time()
-                    job.error = "The renderer stopped twice while making this video, so it was not retried again."
-                else:
-                    job.state, job.worker, job.step = JobState.QUEUED, "", 0
-                    job.options = {**job.options, "retried": True}
+                for k, v in recovery_fields(job).items():
+                    setattr(job, k, v)
                 touched.append(await self._save(job))
             return touched
         return await self._write(tx)
@@ -371,7 +291,24 @@ class SQLiteStore:
 
         async def tx():
             await self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+            await self.db.executemany("DELETE FROM messages WHERE job=?", [(i,) for i in ids])
         await self._write(tx)
+
+    # ---- chat messages -> jobs ----
+
+    async def link_message(self, key: str, job_id: str) -> None:
+        async def tx():
+            await self.db.execute(
+                "INSERT INTO messages(key, job) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET job=excluded.job",
+                (key, job_id))
+        await self._write(tx)
+
+    async def message_job(self, key: str) -> str | None:
+        async def q():
+            cur = await self.db.execute("SELECT job FROM messages WHERE key=?", (key,))
+            row = await cur.fetchone()
+            return row[0] if row else None
+        return await self._retry(q)
 
     # ---- worker leases ----
 
@@ -457,12 +394,3 @@ class SQLiteStore:
     async def last_served(self) -> dict[str, float]:
         return await self._retry(self._last_served)
 
-
-def open_store(url: str) -> Store:
-    """A store for a URL: `redis://...` for several machines, anything else is a SQLite file path."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from engine.queue.redis_store import RedisStore
-        return RedisStore(url)
-    if url.startswith("sqlite:///"):
-        url = url[len("sqlite:///"):]
-    return SQLiteStore(url)

@@ -22,7 +22,8 @@ from pathlib import Path
 from engine.config import Config
 from engine.errors import ModelError, UserError
 from engine.jobs import Job, JobState
-from engine.queue.sqlite_store import Store, open_store, shape_key
+from engine.queue.backends import is_redis_url, open_store
+from engine.queue.store import Store, shape_key
 
 log = logging.getLogger("engine.queue.worker")
 
@@ -46,7 +47,6 @@ class _Progress:
     notify: object = None       # wakes the progress pump from the render thread
     lost: bool = False          # another worker took the job over (our lease had lapsed)
     finished: bool = False      # the render is over: the pump stops
-    fallback_shape: tuple[int, int, int, int] | None = None  # steps, width, height, frames
 
 
 class Worker:
@@ -56,7 +56,7 @@ class Worker:
         self.store = store or open_store(config.storage.url)
         self.model_spec = model or config.engine.model
         # One SQLite file means one machine and one GPU: a second worker there is a mistake.
-        self.exclusive = exclusive if exclusive is not None else not config.storage.url.startswith("redis")
+        self.exclusive = exclusive if exclusive is not None else not is_redis_url(config.storage.url)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.results_dir = Path(config.storage.data_dir) / "results"
         self.state = "loading"
@@ -153,7 +153,8 @@ class Worker:
     # ---- one job ----
 
     async def process(self, job: Job) -> Job:
-        from engine.render.sampler import Cancelled
+        from engine.render.memory import free_memory, gpu_peak_bytes, is_oom
+        from engine.render.sampler import RenderCancelled
 
         log.info("job %s started (attempt %d) preset=%s seed=%d", job.id, job.attempts, job.preset, job.seed)
         self._cancel.clear()
@@ -163,7 +164,7 @@ class Worker:
         try:
             result = await asyncio.to_thread(self._render, job, progress)
             out = await asyncio.to_thread(self._write_result, job, result)
-        except Cancelled:
+        except RenderCancelled:
             if progress.lost:
                 log.warning("job %s was taken over by another worker; dropping this render", job.id)
                 return await self.store.get(job.id)
@@ -182,7 +183,7 @@ class Worker:
             log.exception("job %s failed", job.id)
             return await self._fail(job, "The server could not save your video; please try again.")
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 return await self._fail(job, "The GPU ran out of memory even with the light preset; "
                                              "try a smaller image or try again later.")
             log.exception("job %s failed", job.id)
@@ -195,7 +196,7 @@ class Worker:
                 progress.notify()
             pump.cancel()
             await asyncio.wait({pump}, timeout=5)
-            _free_memory()
+            free_memory()
         seconds = time.perf_counter() - t0
         steps_s = result.step_seconds[1:] or result.step_seconds  # the first step carries warm-up
         step_s = sorted(steps_s)[len(steps_s) // 2] if steps_s else 0.0
@@ -205,7 +206,7 @@ class Worker:
             job.id, JobState.DONE, result_path=str(out), step=result.steps, total_steps=result.steps,
             fell_back=result.preset.name if result.fell_back else "",
             width=result.width, height=result.height, frames=result.preset.frames,
-            options={**job.options, "gpu_peak_bytes": _gpu_peak_bytes(), "render_s": round(seconds, 3)})
+            options={**job.options, "gpu_peak_bytes": gpu_peak_bytes(), "render_s": round(seconds, 3)})
         log.info("job %s done in %.2f s%s", job.id, seconds, " (fell back)" if result.fell_back else "")
         return done
 
@@ -230,8 +231,8 @@ class Worker:
 
         def step_hook(step: int) -> None:
             if eng.simulate_oom_at_step and step == eng.simulate_oom_at_step and not progress.fell_back:
-                import torch
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                from engine.render.memory import simulated_oom
+                raise simulated_oom()
             if eng.step_delay_s:
                 time.sleep(eng.step_delay_s)
 
@@ -301,37 +302,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
-def _free_memory() -> None:
-    """Hand a finished job's GPU memory back (a full gc costs ~0.2 s, so only where there is a GPU to free)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def _gpu_peak_bytes() -> int:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return 0
-    peak = torch.cuda.max_memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    return int(peak)
 
 
 async def run_worker(config: Config, store_url: str | None = None, model: str | None = None) -> None:

@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 
 from engine.config import EngineConfig
-from engine.errors import ModelError, first_line
+from engine.errors import first_line
 from engine.presets import Preset
 from engine.render.model import ModelParts
 from engine.render.renderer import Renderer
@@ -59,7 +59,6 @@ class FastPathOptions:
     channels_last: bool
     fuse_qkv: bool
     cache_dir: Path | None
-    block_cache: bool = False
     fp8: bool = False
     compile_vae: bool = False   # the decoder is ~0.2 s of a render: not worth its compile time by default
     mode: str = ""              # torch.compile mode; "" picks COMPILE_MODE, or GRAPHS_MODE with cuda_graphs
@@ -94,7 +93,6 @@ def options_from_config(engine_cfg: Any, device: str | torch.device, data_dir: s
         channels_last=_auto(getattr(engine_cfg, "channels_last", False), cuda),
         fuse_qkv=_auto(getattr(engine_cfg, "fuse_qkv", "auto"), cuda),
         cache_dir=Path(data_dir) / COMPILE_CACHE_DIR if compile_ else None,
-        block_cache=_auto(getattr(engine_cfg, "block_cache", False), cuda),
         fp8=_auto(getattr(engine_cfg, "fp8", False), cuda),
         compile_vae=compile_ and _auto(getattr(engine_cfg, "compile_vae", False), cuda),
         mode=os.environ.get(COMPILE_MODE_ENV, "") or str(getattr(engine_cfg, "compile_mode", "") or ""),
@@ -109,8 +107,6 @@ def options_from_config(engine_cfg: Any, device: str | torch.device, data_dir: s
 def accelerate(parts: ModelParts, options: FastPathOptions) -> ModelParts:
     """Apply the options. Fusing, fp8 and channels-last change the networks in place; the returned parts run
     the UNet (and with compile_vae the VAE decoder) through a compiled twin once warm_up has seen a shape."""
-    if options.block_cache:
-        raise ModelError("block_cache is not implemented; leave it off.")
     if options.fuse_qkv:
         fuse_qkv(parts.unet)
     if options.fp8:

@@ -25,7 +25,6 @@ from transformers import (
 
 from engine.errors import ModelError, first_line
 
-DEFAULT_HUB_ID = "ali-vilab/i2vgen-xl"
 ALLOW_CPU_FULL_ENV = "ENGINE_ALLOW_CPU_FULL"
 # A UNet below this many parameters is a test-size model that runs fine on a CPU.
 SMALL_UNET_PARAMS = 50_000_000

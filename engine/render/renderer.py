@@ -3,22 +3,17 @@ preset's fall-back."""
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
-import torch
 
 from engine.presets import Preset
+from engine.render.memory import OOM_ERRORS, free_memory
 from engine.render.model import ModelParts
 from engine.render.sampler import center_crop_wide, sample
-
-# torch.cuda.OutOfMemoryError is an alias of torch.OutOfMemoryError in recent torch; older ones have only it.
-OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
-    {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
 
 
 @dataclass
@@ -101,9 +96,3 @@ class Renderer:
             frames=frames, fps=preset.fps, preset=preset, fell_back=fell_back, width=width, height=height,
             steps=preset.steps, seconds=time.perf_counter() - start, step_seconds=step_seconds,
         )
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

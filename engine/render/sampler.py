@@ -13,13 +13,13 @@ import numpy as np
 import PIL.Image
 import torch
 
+from engine.presets import SCHEDULERS
 from engine.render.model import ModelParts
 
-SCHEDULERS = ("dpmpp_2m", "ddim")
 OUTPUTS = ("np", "float", "latent")
 
 
-class Cancelled(Exception):
+class RenderCancelled(Exception):
     """The caller asked to stop; raised at a step boundary."""
 
 
@@ -52,7 +52,7 @@ def sample(
     latents (1, channels, frames, height/8, width/8) as float32.
     Steps count from 1. step_hook(step) runs just before step's UNet call; on_step(step, total, elapsed_s) runs
     after it (elapsed from the first step's start). should_cancel() is asked before each step and after the
-    last; True raises Cancelled.
+    last; True raises RenderCancelled.
     Randomness comes only from a generator seeded with `seed`: first the VAE's posterior sample, then the
     starting noise. `latents` replaces the starting noise; `image_latents_generator` replaces the generator for
     the VAE sample.
@@ -274,7 +274,7 @@ def _check_args(parts: ModelParts, scheduler: str, output: str, width: int, heig
 
 def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
     if should_cancel is not None and should_cancel():
-        raise Cancelled()
+        raise RenderCancelled()
 
 
 def _sync(device: torch.device) -> None:

@@ -372,7 +372,8 @@ def time_queue(repeat: int, folder: Path) -> float:
 
 async def _time_queue(repeat: int, folder: Path) -> float:
     from engine.jobs import Job, JobState, new_job_id
-    from engine.queue.sqlite_store import Limits, SQLiteStore
+    from engine.queue.sqlite_store import SQLiteStore
+    from engine.queue.store import Limits
 
     store = SQLiteStore(folder / "bench-jobs.sqlite3")
     await store.open()
@@ -899,6 +900,3 @@ def _child_entry(argv: list[str]) -> int:
     print(CHILD_MARKER + json.dumps(result), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_child_entry(sys.argv[1:]))

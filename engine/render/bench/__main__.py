@@ -1,0 +1,7 @@
+"""`python -m engine.render.bench child SPEC_JSON`: one fresh-process measurement, run by `run_bench`."""
+
+import sys
+
+from engine.render.bench import _child_entry
+
+sys.exit(_child_entry(sys.argv[1:]))
