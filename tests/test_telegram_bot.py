@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bot.core import BotCore, t
-from bot.telegram import app as telegram_app
+from bot.telegram import commands as telegram_commands
 from bot.telegram.app import TelegramFrontEnd
 from engine.jobs import Job, JobState
 from engine.media.video import probe_mp4, write_mp4
@@ -202,7 +202,7 @@ async def test_prompt_then_photo_in_a_group_through_force_reply(tmp_path, tiny_p
 
 
 async def test_a_pending_ask_expires(tmp_path, tiny_parts, monkeypatch):
-    monkeypatch.setattr(telegram_app, "PENDING_ASK_S", 0.3)
+    monkeypatch.setattr(telegram_commands, "PENDING_ASK_S", 0.3)
     async with telegram_bot(tmp_path, tiny_parts, with_worker=False) as env:
         fake = env.fake
         bob = fake.user("Bob")

@@ -1,0 +1,319 @@
+"""The Telegram commands and messages that users send, and how a job is started from them.
+
+A job starts from a photo captioned `/animate` or `/hq`, from either command as a reply to an image, or from
+the next image a user sends after a bare `/animate <prompt>` (a `PendingAsk`). The other commands (`/help`,
+`/queue`, `/cancel`, `/forget`, `/info` and the admin ones) answer with one text each. The command menu texts
+(`COMMANDS`, `command_texts`) live here too, next to the commands they describe.
+
+The only state is short-lived and in memory: pending asks and the albums already handled.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from telegram import BotCommand, ForceReply, Message, Update
+from telegram.error import TimedOut
+from telegram.ext import ContextTypes, filters
+
+from bot.core import Button, JobRequest, RetryLater, StatusState, error_text, t, with_retries
+from bot.telegram.api import PLATFORM, attachment_of, download, reply, send_text
+from bot.telegram.components import keyboard
+from bot.telegram.status import StatusMessage
+from engine.errors import UserError
+from engine.jobs import Job
+
+if TYPE_CHECKING:
+    from bot.telegram.app import TelegramFrontEnd
+
+log = logging.getLogger("bot.telegram")
+
+PENDING_ASK_S = 300.0           # how long "/animate prompt" waits for the image
+SEEN_ALBUMS = 512
+
+CAPTION_COMMAND = re.compile(r"^\s*/(animate|hq)(?:@([A-Za-z0-9_]+))?(?=\s|$)", re.IGNORECASE)
+TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
+MEDIA = filters.PHOTO | filters.Document.ALL | filters.VIDEO | filters.ANIMATION
+ADMIN_COMMANDS = ("stats", "pause", "resume", "ban", "unban")
+
+# Command menu texts; a [commands] section in templates/messages overrides them.
+COMMANDS = {
+    "en": {
+        "animate": "Animate a photo: send it captioned /animate <prompt>",
+        "hq": "High-quality video (more steps): /hq <prompt> with a photo",
+        "queue": "Your waiting and rendering jobs",
+        "cancel": "Cancel your latest job",
+        "info": "Reply to a video: how it was made",
+        "forget": "Delete all your jobs, images and videos",
+        "help": "How to use this bot",
+    },
+    "zh": {
+        "animate": "把照片变成视频：发送图片并配文 /animate <提示词>",
+        "hq": "高质量视频（更多步数）：图片配文 /hq <提示词>",
+        "queue": "你等待中和渲染中的任务",
+        "cancel": "取消你最新的任务",
+        "info": "回复一个视频：查看生成参数",
+        "forget": "删除你的所有任务、图片和视频",
+        "help": "使用说明",
+    },
+}
+
+
+def command_texts(locale: str) -> list[BotCommand]:
+    return [BotCommand(name, _command_description(locale, name, text)) for name, text in COMMANDS[locale].items()]
+
+
+def _command_description(locale: str, name: str, default: str) -> str:
+    text = t(locale, f"commands.{name}")
+    return default if text == f"commands.{name}" else text
+
+
+def command_rest(text: str) -> str:
+    """'/animate@bot a cat' -> 'a cat'."""
+    return TEXT_COMMAND.sub("", text or "", count=1).strip()
+
+
+def info_usage() -> UserError:
+    return UserError("Reply to one of my videos with /info to see how it was made.", "info_usage")
+
+
+def locale_of(message: Message | None) -> str:
+    user = message.from_user if message else None
+    return (user.language_code if user else None) or "en"
+
+
+@dataclass
+class PendingAsk:
+    """'/animate prompt' without an image: waits for the next image of that user in that chat."""
+    prompt: str
+    preset: str
+    expires_at: float
+
+
+@dataclass
+class Ask:
+    """A request pulled out of a message, before the image is fetched."""
+    prompt: str
+    preset: str
+
+
+class Commands:
+    """The message and command handlers of one front end, and the job start they lead to."""
+
+    def __init__(self, front: TelegramFrontEnd):
+        self.front = front
+        self._pending: dict[tuple[int, int], PendingAsk] = {}
+        self._albums: OrderedDict[str, None] = OrderedDict()
+
+    def allowed(self, chat_id: int, user_id: int) -> bool:
+        chats = self.front.config.telegram.chats
+        return not chats or chat_id in {int(c) for c in chats} or self.front.core.is_admin(PLATFORM, user_id)
+
+    def _for_us(self, mentioned: str | None) -> bool:
+        return not mentioned or mentioned.lower() == (self.front.bot.username or "").lower()
+
+    async def _refuse(self, message: Message, exc: UserError) -> None:
+        await reply(self.front.bot, message, error_text(exc, locale_of(message)))
+
+    # ---- starting jobs
+
+    async def on_captioned(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        match = CAPTION_COMMAND.match(message.caption or "")
+        if match is None or message.from_user is None or not self._for_us(match.group(2)):
+            return
+        self._pending.pop((message.chat_id, message.from_user.id), None)
+        if message.media_group_id:
+            self._mark_album(message.media_group_id)
+        ask = Ask(message.caption[match.end():].strip(), "hq" if match.group(1).lower() == "hq" else "quick")
+        await self._start_job(message, message, ask)
+
+    async def on_animate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message.from_user is None:
+            return
+        command = TEXT_COMMAND.match(message.text or "").group(0).strip().lstrip("/").split("@")[0].lower()
+        ask = Ask(command_rest(message.text), "hq" if command == "hq" else "quick")
+        source = message.reply_to_message
+        if attachment_of(source) is not None:
+            await self._start_job(message, source, ask)
+            return
+        if not self.allowed(message.chat_id, message.from_user.id):
+            await self._refuse(message, UserError("This bot is not enabled in this chat.", "not_allowed_here"))
+            return
+        try:   # refuse bad flags now rather than after the user found an image
+            self._parse(ask)
+        except UserError as exc:
+            await self._refuse(message, exc)
+            return
+        self._drop_expired_asks()
+        key = (message.chat_id, message.from_user.id)
+        self._pending[key] = PendingAsk(ask.prompt, ask.preset, time.monotonic() + PENDING_ASK_S)
+        # ForceReply: in groups with privacy mode on, only replies to the bot reach it.
+        await reply(self.front.bot, message, t(locale_of(message), "errors.ask_image"),
+                    reply_markup=ForceReply(selective=True))
+
+    async def on_image(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An image without a command: the answer to an earlier '/animate prompt', else ignored."""
+        message = update.effective_message
+        if message.from_user is None:
+            return
+        if message.media_group_id and message.media_group_id in self._albums:
+            return
+        self._drop_expired_asks()
+        pending = self._pending.pop((message.chat_id, message.from_user.id), None)
+        if pending is None:
+            return
+        if message.media_group_id:
+            self._mark_album(message.media_group_id)
+        await self._start_job(message, message, Ask(pending.prompt, pending.preset))
+
+    def _drop_expired_asks(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, p in self._pending.items() if p.expires_at < now]:
+            del self._pending[key]
+
+    def _mark_album(self, group_id: str) -> None:
+        self._albums[group_id] = None
+        while len(self._albums) > SEEN_ALBUMS:
+            self._albums.popitem(last=False)
+
+    def _parse(self, ask: Ask) -> tuple[str, dict]:
+        """Caption flags -> (prompt text, options)."""
+        from engine.prompts import parse_flags
+
+        return parse_flags(ask.prompt)
+
+    async def _start_job(self, message: Message, source: Message, ask: Ask) -> None:
+        """`message` carries the command (replies go to it); `source` carries the image."""
+        front = self.front
+        config, core = front.config, front.core
+        user = message.from_user
+        locale = locale_of(message)
+        try:
+            if not self.allowed(message.chat_id, user.id):
+                raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
+            text, options = self._parse(ask)
+            attachment = attachment_of(source)
+            if attachment is None:
+                raise UserError("Please attach an image.", "no_image")
+            core.check_attachment(attachment.content_type, attachment.size, attachment.filename,
+                                  config.telegram.download_limit_bytes)
+            limit = min(config.limits.max_image_bytes, config.telegram.download_limit_bytes)
+            image = await download(front.bot, core, attachment, limit)
+            request = JobRequest(
+                platform=PLATFORM, user_id=str(user.id), user_name=user.first_name, chat_id=str(message.chat_id),
+                locale=locale, image=image, prompt=text, preset=options.get("preset") or ask.preset,
+                seed=options.get("seed"), negative_prompt=options.get("negative") or "",
+                camera=options.get("camera"), speed=options.get("speed"), scope=str(message.chat_id),
+                subject=options.get("subject"), environment=options.get("environment"),
+            )
+            submitted = await core.submit(request)
+        except UserError as exc:
+            await self._refuse(message, exc)
+            return
+        except Exception as exc:
+            log.exception("starting a job failed: %s", type(exc).__name__)
+            await reply(front.bot, message, t(locale, "errors.generic"))
+            return
+        if source is message and message.media_group_id:   # only the album's first photo is animated
+            await reply(front.bot, message, t(locale, "errors.album"))
+        await self.follow(submitted.job, message.chat_id, message.message_id, locale, user.first_name,
+                          submitted.hints)
+
+    async def follow(self, job: Job, chat_id: int, reply_to_id: int | None, locale: str, mention: str,
+                     hints: list[str]) -> None:
+        """Post the job's status message, remember where it is, and let the core follow the job."""
+        front = self.front
+        ui = StatusMessage(front, job.id, chat_id, reply_to_id, locale, mention)
+        markup = keyboard([Button("cancel", job.id, t(locale, "buttons.cancel"))], per_row=1)
+        try:
+            text = await self._first_status(job, locale, hints)
+            sent = await with_retries(lambda: send_text(front.bot, chat_id, text, reply_to_id, reply_markup=markup),
+                                      attempts=3, retry_on=(RetryLater, TimedOut))
+            ui.posted(sent.message_id, text, markup)
+            await ui.save_ref()
+        except Exception as exc:   # the job is queued either way: the follower posts what it can
+            log.warning("job %s: status message in %s not set up: %s: %s", job.id, chat_id,
+                        type(exc).__name__, front.redact(str(exc)))
+        finally:
+            front.track(front.core.follow(job, ui, hints))
+
+    async def _first_status(self, job: Job, locale: str, hints: list[str]) -> str:
+        """The text the follower's first event will show, so the status needs no immediate edit."""
+        service = self.front.core.service
+        queued, etas = await service.queue_snapshot()
+        position = next((i for i, j in enumerate(queued, 1) if j.id == job.id), 0)
+        state = StatusState(hints=hints)
+        if position:
+            state.position, state.eta_s, state.paused = position, etas.get(job.id), await service.paused()
+        else:
+            state.phase = "starting"
+        return state.render(locale)
+
+    # ---- commands that answer with a text
+
+    async def _run_command(self, update: Update, produce) -> None:
+        """Reply with what `produce(message, locale, user_id)` returns; refusals and failures get a clear text."""
+        message = update.effective_message
+        user = message.from_user if message else None
+        if user is None:
+            return
+        locale = locale_of(message)
+        try:
+            if not self.allowed(message.chat_id, user.id):
+                raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
+            text = await produce(message, locale, str(user.id))
+        except UserError as exc:
+            text = error_text(exc, locale)
+        except Exception as exc:
+            log.exception("command failed: %s", type(exc).__name__)
+            text = t(locale, "errors.generic")
+        if text:
+            await reply(self.front.bot, message, text)
+
+    async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            return t(locale, "help.text")
+        await self._run_command(update, produce)
+
+    async def on_queue(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            return await self.front.core.queue_text(PLATFORM, user_id, locale)
+        await self._run_command(update, produce)
+
+    async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            job = await self.front.core.cancel_latest(PLATFORM, user_id)
+            return t(locale, "errors.cancel_none") if job is None else t(locale, "status.cancelled")
+        await self._run_command(update, produce)
+
+    async def on_forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            return await self.front.core.forget(PLATFORM, user_id, locale)
+        await self._run_command(update, produce)
+
+    async def on_admin(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            command = TEXT_COMMAND.match(message.text).group(0).strip().lstrip("/").split("@")[0].lower()
+            return await self.front.core.admin(PLATFORM, user_id, locale, command, command_rest(message.text))
+        await self._run_command(update, produce)
+
+    async def on_info(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            target = message.reply_to_message
+            job_id = await self.job_for_message(message.chat_id, target.message_id) if target else None
+            if job_id is None:
+                raise info_usage()
+            return self.front.core.info_text(await self.front.core.service.require(job_id), locale)
+        await self._run_command(update, produce)
+
+    async def job_for_message(self, chat_id: int, message_id: int) -> str | None:
+        """The job whose result (or status) message this is."""
+        job = await self.front.core.service.job_for_message(PLATFORM, chat_id, message_id)
+        return job.id if job else None

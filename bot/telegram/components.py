@@ -1,0 +1,88 @@
+"""Inline keyboards and the buttons' callback queries.
+
+A button's callback data (`anim:<action>:<job id>`, see `bot.core.Button`) is all it needs, so buttons keep
+working after a restart. The core decides what an action does; this module turns it into a callback answer
+(an alert for refusals and for the info text) and follows any job a button started (HQ, reroll).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.ext import ContextTypes
+
+from bot.core import Button, error_text, parse_custom_id, shorten, t
+from bot.telegram.api import PLATFORM, reply
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from bot.telegram.app import TelegramFrontEnd
+
+log = logging.getLogger("bot.telegram")
+
+ALERT_LIMIT = 200               # answerCallbackQuery text limit
+
+
+def keyboard(buttons: list[Button], per_row: int = 2) -> InlineKeyboardMarkup | None:
+    if not buttons:
+        return None
+    keys = [InlineKeyboardButton(b.label, callback_data=b.custom_id) for b in buttons]
+    return InlineKeyboardMarkup([keys[i:i + per_row] for i in range(0, len(keys), per_row)])
+
+
+class Buttons:
+    """The callback-query handler of the front end's inline keyboards."""
+
+    def __init__(self, front: TelegramFrontEnd):
+        self.front = front
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        front = self.front
+        query = update.callback_query
+        user = query.from_user
+        locale = user.language_code or "en"
+        text, alert, new_job = "", False, None
+        try:
+            parsed = parse_custom_id(query.data or "")
+            if parsed is None:
+                raise UserError("Unknown button.", "unknown_button")
+            action, job_id = parsed
+            message = query.message
+            chat_id = message.chat.id if message else None
+            if chat_id is not None and not front.commands.allowed(chat_id, user.id):
+                raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
+            text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(user.id), locale)
+            if action == "delete" and message is not None:
+                await self._delete_quietly(chat_id, message.message_id)
+            elif action == "info":
+                text, alert = await self._info_answer(query, text)
+        except UserError as exc:
+            text, alert = error_text(exc, locale), True
+        except Exception as exc:
+            log.exception("button %s failed: %s", query.data, type(exc).__name__)
+            text, alert = t(locale, "errors.generic"), True
+        await self._answer(query, text, alert)   # first: the button shows a spinner until answered
+        if new_job is not None and query.message is not None:
+            await front.commands.follow(new_job, query.message.chat.id, query.message.message_id, locale,
+                                        user.first_name, [])
+
+    async def _info_answer(self, query: CallbackQuery, text: str) -> tuple[str, bool]:
+        """The info fits an alert when short; otherwise the alert is shortened and the whole text posted."""
+        if len(text) > ALERT_LIMIT and query.message is not None:
+            await reply(self.front.bot, query.message, text)
+        return shorten(text, ALERT_LIMIT), True
+
+    async def _answer(self, query: CallbackQuery, text: str, alert: bool) -> None:
+        try:
+            await query.answer(shorten(text, ALERT_LIMIT) if text else None, show_alert=alert and bool(text))
+        except TelegramError as exc:   # too late (over ~15 s) or already answered
+            log.info("callback query not answered: %s", exc.message)
+
+    async def _delete_quietly(self, chat_id: int, message_id: int) -> None:
+        try:
+            await self.front.bot.delete_message(chat_id, message_id)
+        except (BadRequest, Forbidden) as exc:
+            log.info("message %s in %s not deleted: %s", message_id, chat_id, exc.message)
