@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine.presets import DEFAULT_PRESETS  # noqa: E402
-from engine.render.bench import MODEL_SEED  # noqa: E402
+from engine.render.bench.setup import MODEL_SEED  # noqa: E402
 from engine.render.fastpath import (  # noqa: E402
     FastPathOptions,
     accelerate,

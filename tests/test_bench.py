@@ -8,20 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine.render.bench import (
-    Row,
+from engine.render.bench import run_bench
+from engine.render.bench.fast_path import run_child
+from engine.render.bench.overheads import moving_frames, time_mp4, time_queue
+from engine.render.bench.report import Row, end_to_end_row, target_lines
+from engine.render.bench.setup import prepare
+from engine.render.bench.timing import (
     capture_unet_inputs,
-    end_to_end_row,
     full_size_unet_flops,
     matmul_tflops,
-    moving_frames,
     per_step_slope,
-    prepare,
-    run_bench,
-    run_child,
-    target_lines,
-    time_mp4,
-    time_queue,
     unet_call_flops,
 )
 

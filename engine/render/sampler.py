@@ -106,7 +106,7 @@ def sample(
                                        image_embeds, guidance if do_cfg else None)
             latents = scheduler_step(sched, noise_pred, t, latents)
             if on_step is not None:
-                _sync(device)
+                sync_device(device)
                 on_step(i + 1, len(timesteps), time.perf_counter() - start)
         _check_cancel(should_cancel)
 
@@ -277,7 +277,7 @@ def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
         raise RenderCancelled()
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     # CUDA runs ahead of Python; wait so that progress times are real.
     if device.type == "cuda":
         torch.cuda.synchronize(device)

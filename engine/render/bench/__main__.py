@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.render.bench import _child_entry
+from engine.render.bench.fast_path import child_entry
 
-sys.exit(_child_entry(sys.argv[1:]))
+sys.exit(child_entry(sys.argv[1:]))
