@@ -18,7 +18,6 @@ from pathlib import Path
 
 from engine.config import Config, load_config
 from engine.errors import UserError
-from engine.queue.backends import is_redis_url
 
 log = logging.getLogger("bot")
 
@@ -99,9 +98,7 @@ class WorkerSupervisor:
 
 
 def wants_local_worker(config: Config) -> bool:
-    if not is_redis_url(config.storage.url):
-        return True
-    return bool(config.engine.local_worker) and "local_worker" in config.raw.get("engine", {})
+    return config.wants_local_worker()
 
 
 async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from engine.config import Config, load_config
+from engine.config import Config, load_config, set_option
 from engine.errors import ModelError, UserError
 from engine.jobs import JobState
 
@@ -87,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args) -> Config:
     config = load_config(args.config)
+    # Flags beat the environment and the file, and are validated as they are.
     if getattr(args, "store", None):
-        config.storage.url = args.store
+        set_option(config.storage, "url", args.store)
     if getattr(args, "model", None) and args.command != "bench":
-        config.engine.model = args.model
+        set_option(config.engine, "model", args.model)
     return config
 
 
@@ -158,7 +158,7 @@ def cmd_generate(args) -> int:
     eng = config.engine
     parts = load_model(eng.model, eng.device, eng.low_vram if isinstance(eng.low_vram, bool) else None)
     # One render never pays back a compile: the CLI runs eagerly (fused QKV and decode chunking still apply).
-    renderer = build_renderer(parts, dataclasses.replace(eng, compile=False), config.presets, config.data_dir)
+    renderer = build_renderer(parts, eng.model_copy(update={"compile": False}), config.presets, config.data_dir)
     seed = args.seed if args.seed is not None else int(time.time() * 1000) % (2**31)
     bar = _ProgressBar(args.json)
 

@@ -1,99 +1,171 @@
-"""config.toml -> typed settings. Flags override these; unknown keys are kept in `raw`."""
+"""config.toml -> one typed, validated config.
+
+Every key is a typed field of a section below; nothing else is read. Values come from, strongest first:
+command-line flags (assigned after loading, validated too), the environment (`ANIMABOT_<SECTION>__<KEY>`, e.g.
+`ANIMABOT_STORAGE__URL=redis://redis:6379/0`), then the file. An unknown section or key, a wrong type or an
+out-of-range value stops the program with one line naming `section.key`, the value and what is expected:
+`config.toml: queue.per_usr: unknown key (did you mean per_user?)`.
+
+Built on pydantic-settings: its environment source does the `ANIMABOT_` prefix and the `__` nesting, pydantic
+the types and ranges; this module only turns its errors into that one line.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.errors import UserError
-from engine.presets import Preset, presets_from_config
+from engine.presets import DEFAULT_PRESETS, Preset
+
+ENV_PREFIX = "ANIMABOT_"
+ENV_DELIMITER = "__"
+
+Auto = bool | Literal["auto"]          # "auto": decided from the hardware (on for CUDA, off for the CPU)
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-@dataclass
-class EngineConfig:
+class Section(BaseModel):
+    # Flags are assigned onto a loaded config: validate those too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(Section):
     model: str = "ali-vilab/i2vgen-xl"
     device: str = "auto"
-    compile: str | bool = "auto"
-    low_vram: str | bool = "auto"
+    compile: Auto = "auto"
+    low_vram: Auto = "auto"
+    # A worker beside the bot. Always with a SQLite store; with Redis, false lets GPU machines do the work.
     local_worker: bool = True
-    decode_chunk_size: int = 8
-    vae_memory_budget_gib: float = 3.0
+    decode_chunk_size: PositiveInt = 8
+    vae_memory_budget_gib: NonNegFloat = 3.0
     negative_prompt: str = ""
+    # The fast path (engine/render/fastpath.py; figures in docs/PERFORMANCE.md).
+    fuse_qkv: Auto = "auto"
+    cuda_graphs: Auto = False
+    channels_last: Auto = False
+    fp8: Auto = False
+    compile_vae: Auto = False
+    compile_mode: str = ""              # "" = the measured default; e.g. "max-autotune-no-cudagraphs"
+    compile_backend: str = "inductor"   # "eager" traces without code generation (tests)
+    compile_dynamic_hw: Auto = False
+    warm_presets: list[str] | None = None   # presets whose buckets are compiled at start; None = all but fallbacks
     # Test and demo knobs: a delay per step, and a simulated CUDA OOM at a given step of the first attempt.
-    step_delay_s: float = 0.0
-    simulate_oom_at_step: int = 0
+    step_delay_s: NonNegFloat = 0.0
+    simulate_oom_at_step: NonNegInt = 0
 
 
-@dataclass
-class QueueConfig:
-    per_user: int = 2
-    max_length: int = 50
-    jobs_per_hour: int = 20
-    default_step_s: dict[str, float] = field(default_factory=lambda: {"quick": 0.25, "hq": 0.25, "lite": 0.07})
-    default_overhead_s: float = 2.0
+class QueueConfig(Section):
+    per_user: NonNegInt = 2
+    max_length: NonNegInt = 50
+    jobs_per_hour: NonNegInt = 20
+    default_step_s: dict[str, NonNegFloat] = Field(default_factory=lambda: {"quick": 0.25, "hq": 0.25, "lite": 0.07})
+    default_overhead_s: NonNegFloat = 2.0
 
 
-@dataclass
-class LimitsConfig:
-    max_image_bytes: int = 20_000_000
-    max_image_pixels: int = 40_000_000
-    min_image_side: int = 64
-    max_prompt_chars: int = 500
-    blocked_words: list[str] = field(default_factory=list)
-    words: dict[str, list[str]] = field(default_factory=dict)  # per server/chat id
+class LimitsConfig(Section):
+    max_image_bytes: PositiveInt = 20_000_000
+    max_image_pixels: PositiveInt = 40_000_000
+    min_image_side: PositiveInt = 64
+    max_prompt_chars: PositiveInt = 500
+    blocked_words: list[str] = Field(default_factory=list)
+    words: dict[str, list[str]] = Field(default_factory=dict)  # per server/chat id
 
 
-@dataclass
-class StorageConfig:
+class StorageConfig(Section):
     url: str = "data/jobs.sqlite3"
     data_dir: str = "data"
-    retention_days: float = 7
+    retention_days: NonNegFloat = 7
 
 
-@dataclass
-class DiscordConfig:
+class DiscordConfig(Section):
     api_base_url: str = ""
     gateway_url: str = ""
-    guilds: list[int] = field(default_factory=list)
+    guilds: list[int] = Field(default_factory=list)
     dms: bool = True
-    admins: list[int] = field(default_factory=list)
-    edit_interval_s: float = 1.0
-    upload_limit_bytes: int = 10_485_760
-    attachment_hosts: list[str] = field(default_factory=lambda: ["cdn.discordapp.com", "media.discordapp.net"])
+    admins: list[int] = Field(default_factory=list)
+    edit_interval_s: NonNegFloat = 1.0
+    upload_limit_bytes: PositiveInt = 10_485_760
+    attachment_hosts: list[str] = Field(default_factory=lambda: ["cdn.discordapp.com", "media.discordapp.net"])
+    interaction_ttl_s: Annotated[float, Field(ge=0, le=900)] = 840   # then channel messages (tokens last 15 min)
+    max_ratelimit_timeout_s: NonNegFloat = 30    # longer rate-limit waits go back to the edit scheduler
+    ready_timeout_s: NonNegFloat = 120
+    guild_ready_timeout_s: NonNegFloat = 2.0
 
 
-@dataclass
-class TelegramConfig:
+class TelegramConfig(Section):
     api_base_url: str = ""
     file_base_url: str = ""
-    chats: list[int] = field(default_factory=list)
-    admins: list[int] = field(default_factory=list)
-    edit_interval_private_s: float = 1.0
-    edit_interval_group_s: float = 3.0
-    download_limit_bytes: int = 20_000_000
-    upload_limit_bytes: int = 50_000_000
-    send_as: str = "video"
+    chats: list[int] = Field(default_factory=list)
+    admins: list[int] = Field(default_factory=list)
+    edit_interval_private_s: NonNegFloat = 1.0
+    edit_interval_group_s: NonNegFloat = 3.0
+    download_limit_bytes: PositiveInt = 20_000_000
+    upload_limit_bytes: PositiveInt = 50_000_000
+    send_as: Literal["video", "animation"] = "video"
 
 
-@dataclass
-class MetricsConfig:
-    port: int = 0
+class MetricsConfig(Section):
+    port: Port = 0
 
 
-@dataclass
-class Config:
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    presets: dict[str, Preset] = field(default_factory=dict)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    discord: DiscordConfig = field(default_factory=DiscordConfig)
-    telegram: TelegramConfig = field(default_factory=TelegramConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    raw: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
+class Config(BaseSettings):
+    """The whole configuration. `load_config` builds it; flags are then assigned onto its sections."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter=ENV_DELIMITER, case_sensitive=False)
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    presets: dict[str, Preset] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    discord: DiscordConfig = Field(default_factory=DiscordConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment beats them.
+        return env_settings, init_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_presets(cls, data: Any) -> Any:
+        """A `[presets.NAME]` table names only what it changes: the rest comes from the built-in preset."""
+        if isinstance(data, dict) and isinstance(data.get("presets"), dict):
+            presets: dict[str, Any] = {name: dataclasses.asdict(p) for name, p in DEFAULT_PRESETS.items()}
+            for name, table in data["presets"].items():
+                base = presets.get(name, {"name": name})
+                presets[name] = {**base, **table, "name": name} if isinstance(table, dict) else table
+            data = {**data, "presets": presets}
+        return data
+
+    @model_validator(mode="after")
+    def _check_fallbacks(self) -> Config:
+        for preset in self.presets.values():
+            if preset.fallback and preset.fallback not in self.presets:
+                raise ValueError(f"presets.{preset.name}.fallback: no preset named {preset.fallback!r}")
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
 
     def preset(self, name: str) -> Preset:
         try:
@@ -108,37 +180,117 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
 
+    def wants_local_worker(self) -> bool:
+        """Whether `python -m bot` starts a worker beside itself."""
+        from engine.queue.backends import is_redis_url
 
-def _section(cls, values: dict[str, Any]):
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in known})
-
-
-def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
-    return Config(
-        engine=_section(EngineConfig, raw.get("engine", {})),
-        presets=presets_from_config(raw.get("presets", {})),
-        queue=_section(QueueConfig, raw.get("queue", {})),
-        limits=_section(LimitsConfig, raw.get("limits", {})),
-        storage=_section(StorageConfig, raw.get("storage", {})),
-        discord=_section(DiscordConfig, raw.get("discord", {})),
-        telegram=_section(TelegramConfig, raw.get("telegram", {})),
-        metrics=_section(MetricsConfig, raw.get("metrics", {})),
-        raw=raw,
-        path=path,
-    )
+        return self.engine.local_worker or not is_redis_url(self.storage.url)
 
 
-def load_config(path: str | Path | None = None) -> Config:
+# ---- loading, and one line per refusal ----
+
+def parse_config(raw: dict[str, Any], path: Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """A config from a TOML document's values (and the environment); UserError naming the first bad key."""
+    source = str(path) if path is not None else "config"
+    env = dict(os.environ) if env is None else env
+    _check_env_sections(env)
+    try:
+        config = _with_env(env, lambda: Config(**raw))
+    except ValidationError as exc:
+        raise UserError(_describe(exc, source, raw, env), "config_invalid") from None
+    config._path = path
+    return config
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Read config.toml; a missing default file gives the built-in defaults, a missing named file is an error."""
     explicit = path is not None
     p = Path(path) if explicit else Path("config.toml")
     if not p.exists():
         if explicit:
             raise UserError(f"Config file not found: {p}", "config_missing")
-        return parse_config({})
+        return parse_config({}, env=env)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"Config file {p} is not valid TOML: {exc}", "config_invalid") from None
-    return parse_config(raw, p)
+    return parse_config(raw, p, env)
+
+
+def set_option(section: BaseModel, key: str, value: Any) -> None:
+    """Assign a command-line flag onto a section, validated like the file: UserError naming the flag's key."""
+    try:
+        setattr(section, key, value)
+    except ValidationError as exc:
+        raise UserError(f"--{key.replace('_', '-')}: {_problem(exc.errors()[0], key)}", "bad_option") from None
+
+
+def _with_env(env: dict[str, str], build):
+    """pydantic-settings reads os.environ: build with `env` in its place (tests pass their own)."""
+    if env is os.environ or env == dict(os.environ):
+        return build()
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return build()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _sections() -> list[str]:
+    return list(Config.model_fields)
+
+
+def _check_env_sections(env: dict[str, str]) -> None:
+    sections = _sections()
+    for var in env:
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section = rest.split(ENV_DELIMITER, 1)[0]
+        if section not in sections or ENV_DELIMITER not in rest:
+            raise UserError(f"{var}: unknown section {section!r}{_did_you_mean(section, sections)}; "
+                            f"use {ENV_PREFIX}<SECTION>{ENV_DELIMITER}<KEY>", "config_invalid")
+
+
+def _describe(exc: ValidationError, source: str, raw: dict[str, Any], env: dict[str, str]) -> str:
+    error = exc.errors()[0]
+    loc = [str(p) for p in error["loc"]]
+    if not loc:   # one of our own checks across keys
+        return f"{source}: {error['msg'].removeprefix('Value error, ')}"
+    key = ".".join(loc)
+    var = (ENV_PREFIX + ENV_DELIMITER.join(loc)).upper()
+    where = var if any(v.upper() == var for v in env) else source
+    if error["type"] == "extra_forbidden" and len(loc) == 1:
+        return f"{where}: [{key}]: unknown section{_did_you_mean(loc[0], _sections())}"
+    return f"{where}: {key}: {_problem(error, loc[-1])}"
+
+
+def _problem(error: dict[str, Any], key: str) -> str:
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        owner = _section_fields(error["loc"][:-1])
+        return f"unknown key{_did_you_mean(key, owner)}"
+    value = error.get("input")
+    return f"{value!r} is not valid: {error['msg'][0].lower() + error['msg'][1:]}"
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            return []
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        if getattr(annotation, "__origin__", None) is dict:   # [presets.NAME]: the name is free, then a table
+            return [f.name for f in dataclasses.fields(Preset)]
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

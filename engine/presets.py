@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 SCHEDULERS = ("dpmpp_2m", "ddim")
+Scheduler = Literal["dpmpp_2m", "ddim"]
 
 # (name, width/height). A compiled model only ever sees these few shapes per preset.
 ASPECTS: tuple[tuple[str, float], ...] = (
@@ -15,16 +18,17 @@ ASPECTS: tuple[tuple[str, float], ...] = (
 _ASPECT_TOLERANCE = 0.07  # |log(bucket ratio / wanted ratio)| we accept for a bigger bucket
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Preset:
+    """One `[presets.NAME]` table of config.toml, validated as it is built."""
     name: str
-    steps: int = 30
-    scheduler: str = "dpmpp_2m"
-    pixels: int = 512 * 512
-    frames: int = 16
-    fps: int = 8
-    guidance: float = 9.0
-    fallback: str = ""
+    steps: Annotated[int, Field(ge=1)] = 30
+    scheduler: Scheduler = "dpmpp_2m"
+    pixels: Annotated[int, Field(ge=64 * 64)] = 512 * 512   # width*height budget
+    frames: Annotated[int, Field(ge=1)] = 16
+    fps: Annotated[int, Field(ge=1)] = 8
+    guidance: Annotated[float, Field(ge=0)] = 9.0
+    fallback: str = ""                                    # preset retried with on out-of-memory; "" none
 
     def bucket(self, aspect: str) -> tuple[int, int]:
         """(width, height) for a named aspect: sides multiple of 64, area within the pixel budget."""
@@ -61,16 +65,3 @@ DEFAULT_PRESETS: dict[str, Preset] = {
     "hq": Preset("hq", 50, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite"),
     "lite": Preset("lite", 30, "dpmpp_2m", 256 * 256, 8, 8, 9.0, ""),
 }
-
-
-def presets_from_config(section: dict[str, Any]) -> dict[str, Preset]:
-    presets = dict(DEFAULT_PRESETS)
-    for name, values in section.items():
-        base = presets.get(name, Preset(name))
-        known = {k: values[k] for k in ("steps", "scheduler", "pixels", "frames", "fps", "guidance", "fallback")
-                 if k in values}
-        preset = replace(base, name=name, **known)
-        if preset.scheduler not in SCHEDULERS:
-            raise ValueError(f"preset {name}: scheduler must be one of {SCHEDULERS}, not {preset.scheduler!r}")
-        presets[name] = preset
-    return presets

@@ -4,13 +4,12 @@ model, shapes compiled only at warm-up, the VAE decode chunk within its memory b
 import dataclasses
 import math
 import os
-import types
 
 import numpy as np
 import pytest
 import torch
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, load_config
 from engine.presets import DEFAULT_PRESETS, Preset
 from engine.render.fastpath import (
     COMPILE_CACHE_DIR,
@@ -57,16 +56,14 @@ def off(**changes) -> FastPathOptions:
     return dataclasses.replace(base, **changes)
 
 
-def config(**fields) -> types.SimpleNamespace:
-    """EngineConfig's fields plus the optional ones options_from_config reads when present."""
-    return types.SimpleNamespace(**{**dataclasses.asdict(EngineConfig()), **fields})
+def config(**fields) -> EngineConfig:
+    return EngineConfig(**fields)
 
 
 # ---------------------------------------------------------------- options
 
 
-def test_auto_options_are_on_for_cuda_and_off_for_the_cpu(tmp_path, monkeypatch):
-    monkeypatch.delenv("ENGINE_COMPILE_MODE", raising=False)
+def test_auto_options_are_on_for_cuda_and_off_for_the_cpu(tmp_path):
     cpu = options_from_config(EngineConfig(), "cpu", tmp_path)
     assert (cpu.compile, cpu.fuse_qkv, cpu.cuda_graphs, cpu.cache_dir) == (False, False, False, None)
     cuda = options_from_config(EngineConfig(), "cuda", tmp_path)
@@ -76,16 +73,26 @@ def test_auto_options_are_on_for_cuda_and_off_for_the_cpu(tmp_path, monkeypatch)
     assert cuda.compile_mode == COMPILE_MODE == "default"
 
 
-def test_explicit_settings_win_over_auto(tmp_path, monkeypatch):
-    monkeypatch.delenv("ENGINE_COMPILE_MODE", raising=False)
+def test_explicit_settings_win_over_auto(tmp_path):
     assert options_from_config(EngineConfig(compile=True), "cpu", tmp_path).compile
     no = options_from_config(EngineConfig(compile=False), "cuda", tmp_path)
     assert not no.compile and no.cache_dir is None and no.fuse_qkv
     graphs = options_from_config(config(cuda_graphs=True, fuse_qkv=False, fp8="on"), "cuda", tmp_path)
     assert graphs.cuda_graphs and graphs.compile_mode == GRAPHS_MODE and not graphs.fuse_qkv and graphs.fp8
     assert not options_from_config(config(cuda_graphs=True, compile=False), "cuda", tmp_path).cuda_graphs
-    monkeypatch.setenv("ENGINE_COMPILE_MODE", "default")
-    assert options_from_config(EngineConfig(), "cuda", tmp_path).compile_mode == "default"
+
+
+def test_fast_path_keys_reach_the_fast_path_from_the_file_and_the_environment(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[engine]\ncuda_graphs = true\nchannels_last = true\nfp8 = true\ncompile_vae = true\n'
+                    'compile_dynamic_hw = true\ncompile_mode = "max-autotune-no-cudagraphs"\nfuse_qkv = false\n')
+    options = options_from_config(load_config(path, env={}).engine, "cuda", tmp_path)
+    assert (options.cuda_graphs, options.channels_last, options.fp8, options.compile_vae, options.dynamic_hw,
+            options.fuse_qkv) == (True, True, True, True, True, False)
+    assert options.compile_mode == "max-autotune-no-cudagraphs"
+    env = {"ANIMABOT_ENGINE__COMPILE_MODE": "default", "ANIMABOT_ENGINE__FP8": "false"}
+    from_env = options_from_config(load_config(path, env=env).engine, "cuda", tmp_path)
+    assert from_env.compile_mode == "default" and not from_env.fp8 and from_env.cuda_graphs
 
 
 def test_warm_presets_skip_the_out_of_memory_fallbacks():

@@ -36,7 +36,6 @@ log = logging.getLogger("engine.render.fastpath")
 # first compile was still running at the end of its time: opt in with compile_mode or the variable below.
 COMPILE_MODE = "default"
 GRAPHS_MODE = "reduce-overhead"            # CUDA graphs: every warmed shape gets its own captured graph
-COMPILE_MODE_ENV = "ENGINE_COMPILE_MODE"   # overrides the mode, e.g. "max-autotune-no-cudagraphs"
 COMPILE_CACHE_DIR = "compile-cache"        # under the data folder
 RECOMPILE_LIMIT = 64                       # compiled shapes kept per function (torch's default of 8 is too few)
 WARM_UP_STEPS = 2
@@ -81,23 +80,24 @@ def _auto(value: Any, cuda: bool) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def options_from_config(engine_cfg: Any, device: str | torch.device, data_dir: str | Path) -> FastPathOptions:
+def options_from_config(engine_cfg: EngineConfig, device: str | torch.device, data_dir: str | Path
+                        ) -> FastPathOptions:
     """The fast path from [engine] settings: compile and fused QKV "auto" = on for CUDA, off for the CPU.
-    CUDA graphs, channels-last, fp8 and block caching stay off unless set (fields the config may lack)."""
+    CUDA graphs, channels-last, fp8 and the VAE compile stay off unless set."""
     cuda = torch.device(device).type == "cuda"
-    compile_ = _auto(getattr(engine_cfg, "compile", "auto"), cuda)
+    compile_ = _auto(engine_cfg.compile, cuda)
     return FastPathOptions(
         compile=compile_,
         # The profile shows the launch queue full (GPU bound): graphs would save little and cost memory.
-        cuda_graphs=compile_ and cuda and _auto(getattr(engine_cfg, "cuda_graphs", False), cuda),
-        channels_last=_auto(getattr(engine_cfg, "channels_last", False), cuda),
-        fuse_qkv=_auto(getattr(engine_cfg, "fuse_qkv", "auto"), cuda),
+        cuda_graphs=compile_ and cuda and _auto(engine_cfg.cuda_graphs, cuda),
+        channels_last=_auto(engine_cfg.channels_last, cuda),
+        fuse_qkv=_auto(engine_cfg.fuse_qkv, cuda),
         cache_dir=Path(data_dir) / COMPILE_CACHE_DIR if compile_ else None,
-        fp8=_auto(getattr(engine_cfg, "fp8", False), cuda),
-        compile_vae=compile_ and _auto(getattr(engine_cfg, "compile_vae", False), cuda),
-        mode=os.environ.get(COMPILE_MODE_ENV, "") or str(getattr(engine_cfg, "compile_mode", "") or ""),
-        backend=str(getattr(engine_cfg, "compile_backend", "") or "inductor"),
-        dynamic_hw=_auto(getattr(engine_cfg, "compile_dynamic_hw", False), cuda),
+        fp8=_auto(engine_cfg.fp8, cuda),
+        compile_vae=compile_ and _auto(engine_cfg.compile_vae, cuda),
+        mode=engine_cfg.compile_mode,
+        backend=engine_cfg.compile_backend or "inductor",
+        dynamic_hw=_auto(engine_cfg.compile_dynamic_hw, cuda),
     )
 
 
@@ -125,7 +125,7 @@ def accelerate(parts: ModelParts, options: FastPathOptions) -> ModelParts:
     return dataclasses.replace(parts, unet=unet)
 
 
-def build_renderer(parts: ModelParts, engine_cfg: Any, presets: dict[str, Preset], data_dir: str | Path,
+def build_renderer(parts: ModelParts, engine_cfg: EngineConfig, presets: dict[str, Preset], data_dir: str | Path,
                    warm: bool | Iterable[str] = True) -> Renderer:
     """The worker's renderer: the fast path from the config, a VAE decode chunk from the memory budget on
     CUDA, and (when compiled) a warm-up of every bucket of the presets users pick, logged per bucket."""
@@ -169,17 +169,17 @@ def warm_up_or_fall_back(renderer: Renderer, presets: dict[str, Preset], enabled
     log.error("compiling failed twice: rendering without the compiled UNet")
 
 
-def warm_presets(presets: dict[str, Preset], engine_cfg: Any = None) -> list[str]:
+def warm_presets(presets: dict[str, Preset], engine_cfg: EngineConfig | None = None) -> list[str]:
     """Presets to compile at start-up: config's warm_presets if set, else every preset that is not only an
     out-of-memory fall-back (those run eagerly, and they are the small ones)."""
-    chosen = getattr(engine_cfg, "warm_presets", None)
+    chosen = engine_cfg.warm_presets if engine_cfg is not None else None
     if chosen is not None:
         return [name for name in chosen if name in presets]
     fallbacks = {p.fallback for p in presets.values() if p.fallback}
     return [name for name in presets if name not in fallbacks]
 
 
-def decode_chunk_policy(parts: ModelParts, engine_cfg: Any) -> Callable[[int, int, int], int] | None:
+def decode_chunk_policy(parts: ModelParts, engine_cfg: EngineConfig) -> Callable[[int, int, int], int] | None:
     """On CUDA, frames decoded at once: within vae_memory_budget_gib and at most decode_chunk_size.
     None on the CPU (the renderer's fixed decode_chunk_size)."""
     if parts.device.type != "cuda":
@@ -400,8 +400,9 @@ def warm_up(renderer_or_parts: Renderer | ModelParts, presets: dict[str, Preset]
         parts, chunk_for = renderer_or_parts.parts, renderer_or_parts.decode_chunk_for
     else:
         parts = renderer_or_parts
-        chunk_for = Renderer(parts, EngineConfig.decode_chunk_size,
-                             decode_chunk_policy(parts, EngineConfig())).decode_chunk_for
+        defaults = EngineConfig()
+        chunk_for = Renderer(parts, defaults.decode_chunk_size,
+                             decode_chunk_policy(parts, defaults)).decode_chunk_for
     if not compiled_modules(parts):
         return {}
     times: dict[str, float] = {}
