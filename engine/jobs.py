@@ -40,7 +40,9 @@ class Job:
     locale: str = "en"
     negative_prompt: str = ""
     status_ref: str = ""            # front end's reference to its status message (JSON text)
-    options: dict[str, Any] = field(default_factory=dict)   # camera, speed, hints, parent job...
+    # What the user asked for, written once at submit: camera, speed, subject, environment, hints, scope...
+    options: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""                # the job this one re-renders (HQ, re-roll)
     state: JobState = JobState.QUEUED
     step: int = 0
     total_steps: int = 0
@@ -57,7 +59,17 @@ class Job:
     cancel_requested: bool = False
     worker: str = ""
     delivered: bool = False         # the front end has posted the final message
+    expired: bool = False           # its files are gone (retention, Delete, /forget): its buttons say so
+    retried: bool = False           # put back in the queue once after its worker died
+    step_at: float = 0.0            # wall-clock time the worker finished the last step (progress timing)
+    gpu_peak_bytes: int = 0         # measured by the worker that rendered it
+    render_s: float = 0.0
     seq: int = 0                    # store-wide change counter of the last update
+
+    # Who writes what: the front end and the service write the request and the delivery fields, the worker
+    # only what it measures (state, step, step_at, total_steps, sizes, result_path, fell_back, gpu_peak_bytes,
+    # render_s, error). Every write names its fields, so a flag set meanwhile (Delete pressed during a
+    # render) survives the worker's last write.
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,6 +80,10 @@ class Job:
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["state"] = JobState(d["state"])
+        options = d.get("options") or {}
+        lifted = {k: options[k] for k in _LIFECYCLE_FIELDS if k in options}
+        if lifted:   # a job stored when these flags were kept in options
+            d = {**lifted, **d, "options": {k: v for k, v in options.items() if k not in lifted}}
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @property
@@ -75,6 +91,9 @@ class Job:
         if self.started_at is None:
             return 0.0
         return (self.finished_at or time.time()) - self.started_at
+
+
+_LIFECYCLE_FIELDS = ("parent", "expired", "retried", "step_at", "gpu_peak_bytes", "render_s")
 
 
 # ---- events a front end receives from JobService.events(job_id) ----

@@ -36,7 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from bot.telegram.app import TelegramFrontEnd  # noqa: E402
 from scripts.measuring import percentile  # noqa: E402
 from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
-from tests.harness import make_config, photo_bytes, running_stack, write_config  # noqa: E402
+from tests.harness import config_document, make_config, photo_bytes, running_stack, write_config  # noqa: E402
 
 
 def summary(name: str, seconds: list[float]) -> str:
@@ -152,11 +152,12 @@ def _video_call(fake: FakeTelegram, chat_id: int, result_id: int) -> int:
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeTelegram() as fake:
-            config = make_config(
-                Path(tmp), engine={"step_delay_s": args.step_delay},
+            sections = dict(
+                engine={"step_delay_s": args.step_delay},
                 queue={"per_user": args.photos, "max_length": 500},
                 telegram={"api_base_url": fake.base_url, "file_base_url": fake.base_file_url,
                           "edit_interval_private_s": 1.0, "edit_interval_group_s": 3.0})
+            config = make_config(Path(tmp), **sections)
             if args.worker == "thread":
                 import torch
 
@@ -166,7 +167,7 @@ async def run(args: argparse.Namespace) -> None:
                 async with running_stack(config, load_model("tiny", device="cpu")) as stack:
                     result = await measure(args, fake, stack)
             else:
-                config_path = write_config(Path(tmp) / "config.toml", config.raw)
+                config_path = write_config(Path(tmp) / "config.toml", config_document(Path(tmp), **sections))
                 async with running_stack(config, with_worker=False) as stack:
                     with worker_process(config_path) as worker:
                         result = await measure(args, fake, stack, worker)

@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_check.sh            # OUT defaults to /tmp/gpu-check-out
 #   bash scripts/gpu_check.sh bash scripts/warmup_study.sh   # any other command, same set-up, to study.txt
-#   ENGINE_COMPILE_MODE=max-autotune-no-cudagraphs bash scripts/gpu_check.sh   # another compile mode
+#   ANIMABOT_ENGINE__COMPILE_MODE=max-autotune-no-cudagraphs bash scripts/gpu_check.sh   # another compile mode
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

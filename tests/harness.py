@@ -27,6 +27,11 @@ TINY_PRESETS = {
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """Config for tests: tiny model, tiny presets, data in tmp_path. Each keyword updates a section."""
+    return parse_config(config_document(tmp_path, **sections))
+
+
+def config_document(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """make_config's values as a TOML document's, for write_config (subprocesses)."""
     raw: dict[str, Any] = {
         "engine": {"model": "tiny", "device": "cpu", "negative_prompt": ""},
         "presets": {k: dict(v) for k, v in TINY_PRESETS.items()},
@@ -42,7 +47,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
                 raw["presets"].setdefault(preset, {}).update(pv)
         else:
             raw.setdefault(name, {}).update(values)
-    return parse_config(raw)
+    return raw
 
 
 def write_config(path: Path, config_raw: dict[str, Any]) -> Path:

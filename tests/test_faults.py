@@ -76,3 +76,29 @@ async def test_data_folder_files_are_not_world_readable(tmp_path, tiny_parts):
     assert len(paths) >= 4
     for path in paths:
         assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
+
+
+async def test_delete_pressed_during_a_render_survives_the_workers_last_write(tmp_path, tiny_parts):
+    """The worker writes only the fields it owns: a Delete landing after the last step (too late to cancel)
+    keeps its flag when the job completes, and the finished video is not left behind."""
+    config = make_config(tmp_path)
+    async with running_stack(config, tiny_parts) as stack:
+        write_result = stack.worker._write_result
+        pressed = []
+
+        def write_then_delete(job, result):
+            out = write_result(job, result)
+            # The owner presses Delete while the MP4 is being saved: the render can no longer stop.
+            future = asyncio.run_coroutine_threadsafe(stack.service.delete(job.id, by_user="u"), loop)
+            pressed.append(future.result(timeout=10))
+            return out
+
+        loop = asyncio.get_running_loop()
+        stack.worker._write_result = write_then_delete
+        job = await stack.service.submit(user="u", image=make_photo(), prompt_raw="waves")
+        events = await follow(stack.service, job.id)
+        final = await stack.service.get(job.id)
+        assert pressed and pressed[0].expired
+        assert final.state == JobState.DONE and isinstance(events[-1], Done)
+        assert final.expired and final.delivered and final.gpu_peak_bytes == 0 and final.render_s > 0
+        assert final.result_path and not os.path.exists(final.result_path)

@@ -217,7 +217,7 @@ async def test_recover_retries_once_then_fails(store):
     await store.submit(make_job("a", 1), Limits())
     await store.claim("w1")  # w1 holds no lease: dead
     (job,) = await store.recover()
-    assert job.state == JobState.QUEUED and job.options["retried"] and job.worker == ""
+    assert job.state == JobState.QUEUED and job.retried and job.worker == ""
     await store.claim("w2")
     (job,) = await store.recover()
     assert job.state == JobState.FAILED and "stopped twice" in job.error

@@ -196,7 +196,7 @@ async def test_a_worker_killed_mid_job_loses_nothing(cluster, service):
 
     assert [j.state for j in done] == [JobState.DONE] * 3
     rescued = done[0]
-    assert rescued.worker != victim_job.worker and rescued.attempts == 2 and rescued.options["retried"]
+    assert rescued.worker != victim_job.worker and rescued.attempts == 2 and rescued.retried
     assert all(j.attempts == 1 for j in done[1:])  # jobs of live workers were never taken back
     assert {j.id for j in touched} <= {rescued.id}
     victim_log = cluster.logs[cluster.procs.index(victim)].read_text()

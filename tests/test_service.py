@@ -99,7 +99,7 @@ async def test_failed_event_carries_the_reason(service):
 async def test_resubmit_keeps_seed_for_hq_and_rerolls_new_seed(service):
     job = await service.submit(user="t:a", image=photo(), prompt_raw="x", seed=42)
     hq = await service.resubmit(job, user="t:b", preset="hq")
-    assert hq.seed == 42 and hq.preset == "hq" and hq.user == "t:b" and hq.options["parent"] == job.id
+    assert hq.seed == 42 and hq.preset == "hq" and hq.user == "t:b" and hq.parent == job.id
     assert hq.image_path != job.image_path and os.path.exists(hq.image_path)
     reroll = await service.resubmit(job, user="t:a", new_seed=True)
     assert reroll.preset == "quick"

@@ -108,7 +108,7 @@ async def test_recover_retries_once_then_fails(store):
     await store.submit(make_job("a", 1), Limits())
     await store.claim("w1")
     (job,) = await store.recover()
-    assert job.state == JobState.QUEUED and job.options["retried"]
+    assert job.state == JobState.QUEUED and job.retried
     await store.claim("w2")
     (job,) = await store.recover()
     assert job.state == JobState.FAILED and "stopped twice" in job.error
@@ -157,3 +157,15 @@ async def test_file_is_private(tmp_path):
     await store.open()
     assert (tmp_path / "d" / "jobs.sqlite3").stat().st_mode & 0o077 == 0
     await store.close()
+
+
+def test_a_job_stored_with_lifecycle_flags_in_its_options_reads_them_as_fields():
+    from engine.jobs import Job
+
+    stored = Job(id="j", user="u", prompt_raw="p", prompt="p", preset="quick", seed=1, image_path="x").to_dict()
+    for key in ("expired", "retried", "parent", "step_at", "gpu_peak_bytes", "render_s"):
+        del stored[key]   # as a job written before these were fields
+    stored["options"] = {"camera": "zoom-in", "expired": True, "retried": True, "parent": "a", "step_at": 5.0}
+    job = Job.from_dict(stored)
+    assert (job.expired, job.retried, job.parent, job.step_at) == (True, True, "a", 5.0)
+    assert job.options == {"camera": "zoom-in"}

@@ -100,7 +100,7 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path):
             await wait_until(all_final, timeout=120)
             finals = [await service.get(j.id) for j in jobs]
             assert [j.state for j in finals] == [JobState.DONE] * 3
-            assert finals[0].attempts == 2 and finals[0].options.get("retried")
+            assert finals[0].attempts == 2 and finals[0].retried
             for job in finals:
                 assert probe_mp4(job.result_path)["frames"] == 4
             # The first job's follower was told it went back to the queue, then got its result.

@@ -63,8 +63,8 @@ class Metrics:
         if job.fell_back:
             self.fallbacks.labels(preset=job.fell_back).inc()
         # The worker process measures its GPU peak and leaves it on the job (the bot never loads torch).
-        if job.options.get("gpu_peak_bytes"):
-            self.gpu_memory_peak.set(job.options["gpu_peak_bytes"])
+        if job.gpu_peak_bytes:
+            self.gpu_memory_peak.set(job.gpu_peak_bytes)
         return True
 
     async def sample_store(self, store: Store) -> None:

@@ -117,7 +117,7 @@ class JobService:
     async def submit(self, *, user: str, image: Any, prompt_raw: str, prompt: str | None = None,
                      preset: str = "quick", seed: int | None = None, negative_prompt: str = "",
                      platform: str = "cli", chat: str = "", user_name: str = "", locale: str = "en",
-                     status_ref: str = "", options: dict[str, Any] | None = None) -> Job:
+                     status_ref: str = "", options: dict[str, Any] | None = None, parent: str = "") -> Job:
         """Queue a job. `image` is a validated RGB PIL image, or a path of one already in the data folder.
 
         Raises UserError with the reason when the queue, the user's limits or a ban refuse it.
@@ -134,6 +134,7 @@ class JobService:
             preset=spec.name, seed=secrets.randbelow(2**31) if seed is None else int(seed),
             image_path=str(image_path), platform=platform, chat=str(chat), user_name=user_name,
             locale=locale, negative_prompt=negative_prompt, status_ref=status_ref, options=dict(options or {}),
+            parent=parent,
             total_steps=spec.steps, width=w, height=h, frames=spec.frames,
         )
         try:
@@ -166,15 +167,13 @@ class JobService:
                        **fields: Any) -> Job:
         """HQ render or re-roll of an earlier job: same image and prompt, same seed unless new_seed."""
         src = await self.require(source) if isinstance(source, str) else source
-        if src.options.get("expired") or not Path(src.image_path).exists():
+        if src.expired or not Path(src.image_path).exists():
             raise UserError("This video has expired; please send the image again.", "expired")
-        options = {**src.options, "parent": src.id}
-        options.pop("retried", None)
-        options.update(fields.pop("options", {}))
+        options = {**src.options, **fields.pop("options", {})}
         args = dict(
             user=user, image=src.image_path, prompt_raw=src.prompt_raw, prompt=src.prompt,
             preset=preset or src.preset, seed=None if new_seed else src.seed, negative_prompt=src.negative_prompt,
-            platform=src.platform, chat=src.chat, locale=src.locale, options=options,
+            platform=src.platform, chat=src.chat, locale=src.locale, options=options, parent=src.id,
         )
         args.update(fields)
         return await self.submit(**args)
@@ -186,7 +185,7 @@ class JobService:
 
     async def require(self, job_id: str) -> Job:
         job = await self.store.get(job_id)
-        if job is None or job.options.get("expired"):
+        if job is None or job.expired:
             raise UserError("This job has expired or no longer exists.", "expired")
         return job
 
@@ -287,7 +286,7 @@ class JobService:
     async def undelivered(self, platform: str) -> list[Job]:
         """Jobs of a platform whose user has not yet been told the outcome: followed again after a restart."""
         return [j for j in await self.store.jobs(limit=100000)
-                if j.platform == platform and not j.delivered and not j.options.get("expired")]
+                if j.platform == platform and not j.delivered and not j.expired]
 
     async def delete(self, job_id: str, by_user: str, is_admin: bool = False) -> Job:
         """Delete a finished job's files (the Delete button); the record stays, marked expired."""
@@ -297,7 +296,7 @@ class JobService:
         if not job.state.final:
             await self.cancel(job_id, by_user, is_admin)
         self._remove_files(job)
-        return await self.store.update(job_id, options={**job.options, "expired": True}, delivered=True)
+        return await self.store.update(job_id, expired=True, delivered=True)
 
     async def pause(self) -> None:
         await self.store.set_meta("paused", True)
@@ -338,9 +337,9 @@ class JobService:
         count = 0
         for job in await self.store.jobs(states=[JobState.DONE, JobState.FAILED, JobState.CANCELLED],
                                          limit=100000):
-            if (job.finished_at or job.created_at) < cutoff and not job.options.get("expired"):
+            if (job.finished_at or job.created_at) < cutoff and not job.expired:
                 self._remove_files(job)
-                await self.store.update(job.id, options={**job.options, "expired": True})
+                await self.store.update(job.id, expired=True)
                 count += 1
         return count
 
@@ -423,7 +422,7 @@ class JobService:
         events: list[Event] = []
         if job.state == JobState.QUEUED:
             pos, eta = positions.get(job.id, 0), etas.get(job.id, 0.0)
-            retry = bool(job.options.get("retried")) and f.state == JobState.RUNNING
+            retry = job.retried and f.state == JobState.RUNNING
             if (f.state != JobState.QUEUED or pos != f.position or paused != f.paused
                     or abs(eta - f.eta_s) > max(3.0, 0.1 * f.eta_s)):
                 moved = pos - f.position if f.state == JobState.QUEUED and f.position else 0
@@ -439,7 +438,7 @@ class JobService:
                 f.fell_back = job.fell_back
             if job.step != f.step and job.step > 0 and model is not None:
                 events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s,
-                                   job.options.get("step_at", 0.0)))
+                                   job.step_at))
             f.step = job.step
         elif f.state != job.state:
             if job.fell_back and job.fell_back != f.fell_back and job.state == JobState.DONE:

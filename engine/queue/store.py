@@ -99,7 +99,7 @@ def recovery_fields(job: Job, now: float | None = None) -> dict[str, Any]:
         return {"state": JobState.CANCELLED, "finished_at": now}
     if job.attempts >= MAX_ATTEMPTS:
         return {"state": JobState.FAILED, "finished_at": now, "error": STOPPED_TWICE}
-    return {"state": JobState.QUEUED, "worker": "", "step": 0, "options": {**job.options, "retried": True}}
+    return {"state": JobState.QUEUED, "worker": "", "step": 0, "retried": True}
 
 
 def shape_key(preset: str, width: int, height: int, frames: int) -> str:

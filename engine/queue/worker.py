@@ -206,8 +206,10 @@ class Worker:
             job.id, JobState.DONE, result_path=str(out), step=result.steps, total_steps=result.steps,
             fell_back=result.preset.name if result.fell_back else "",
             width=result.width, height=result.height, frames=result.preset.frames,
-            options={**job.options, "gpu_peak_bytes": gpu_peak_bytes(), "render_s": round(seconds, 3)})
+            gpu_peak_bytes=gpu_peak_bytes(), render_s=round(seconds, 3))
         log.info("job %s done in %.2f s%s", job.id, seconds, " (fell back)" if result.fell_back else "")
+        if done.expired:   # deleted while its last step or its MP4 was being made: keep nothing of it
+            out.unlink(missing_ok=True)
         return done
 
     async def _fail(self, job: Job, reason: str) -> Job:
@@ -282,7 +284,7 @@ class Worker:
                     progress.written_step = 0
                 if progress.step != progress.written_step:
                     fields.update(step=progress.step, total_steps=progress.total,
-                                  options={**job.options, "step_at": progress.step_at})
+                                  step_at=progress.step_at)
                     progress.written_step = progress.step
                 current = await self.store.update(job.id, **fields) if fields else await self.store.get(job.id)
                 last_write = time.monotonic()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.config import EngineConfig
+from engine.config import load_config
 from engine.errors import first_line
 from engine.presets import DEFAULT_PRESETS, Preset
 from engine.render.bench.report import (
@@ -65,8 +65,10 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def fast_options(cache_dir: Path, device: torch.device, backend: str = "inductor") -> dict[str, Any]:
-    """The worker's fast path for this device (compile forced on), as JSON for a child process."""
-    options = options_from_config(EngineConfig(compile=True), device, cache_dir.parent)
+    """The worker's fast path for this device (compile forced on), as JSON for a child process: config.toml and
+    the environment (e.g. ANIMABOT_ENGINE__COMPILE_MODE) apply, as they do for the worker."""
+    engine = load_config().engine.model_copy(update={"compile": True})
+    options = options_from_config(engine, device, cache_dir.parent)
     fields = dataclasses.asdict(dataclasses.replace(options, backend=backend))
     fields["cache_dir"] = str(cache_dir)
     return fields
