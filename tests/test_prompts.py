@@ -677,7 +677,7 @@ def test_no_action_hint_does_not_fire(glossary, text):
 
 def test_mostly_chinese_hint_gives_the_translation(glossary):
     (hint,) = [h for h in prompt_hints("一只猫慢慢转头", glossary) if h.key == "mostly_chinese"]
-    assert hint.params == {"translation": "a cat, head rotation, slowly", "unknown": ""}
+    assert hint.params == {"translation": "a cat, head rotation, slowly", "unknown": "", "untranslated": ""}
     assert "English" in hint.message and "a cat, head rotation, slowly" in hint.message
     (hint,) = [h for h in prompt_hints("皮卡丘在跳舞", glossary) if h.key == "mostly_chinese"]
     assert hint.params["unknown"] == "皮卡丘" and "皮卡丘" in hint.message

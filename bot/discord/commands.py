@@ -17,9 +17,9 @@ import discord
 from discord import app_commands
 from discord.app_commands import Range, locale_str
 
-from bot.core import JobRequest, error_text, t
+from bot.core import JobRequest, error_text, lang, t
 from bot.discord.api import PLATFORM, _is_image, answer_deferred, reply
-from bot.discord.components import ZH, PromptModal
+from bot.discord.components import PromptModal
 from engine.errors import UserError
 from engine.prompts import CAMERAS, SPEEDS
 
@@ -32,11 +32,21 @@ MAX_SEED = 2**31 - 1
 COMMANDS_HASH_KEY = "discord_commands_hash"   # setting: digest of the last synced command definitions
 
 
+def text(key: str) -> locale_str:
+    """A command text by its key in templates/messages ([discord] section): English is the definition's own
+    text, other languages come from the translator."""
+    return locale_str(t("en", f"discord.{key}"), key=f"discord.{key}")
+
+
 class CommandTranslator(app_commands.Translator):
-    """Chinese names and descriptions for zh-CN and zh-TW clients; others see English."""
+    """Names and descriptions in the client's language (Chinese for zh-CN and zh-TW); others see English."""
 
     async def translate(self, string: locale_str, locale: discord.Locale, context: Any) -> str | None:
-        return ZH.get(string.message) if str(locale).startswith("zh") else None
+        key = string.extras.get("key")
+        if key is None or lang(str(locale)) == "en":
+            return None
+        translated = t(str(locale), key)
+        return translated if translated != string.message else None
 
 
 class Commands:
@@ -52,19 +62,13 @@ class Commands:
     def _register(self) -> None:
         commands, front, tree = self, self.front, self.tree
 
-        @app_commands.describe(
-            image=locale_str("The photo to animate (JPEG, PNG, WebP or GIF)"),
-            prompt=locale_str("What should move, and how"),
-            seed=locale_str("Seed for a repeatable result"),
-            negative=locale_str("What the video should avoid"),
-            camera=locale_str("Camera movement"),
-            speed=locale_str("Speed of the motion"),
-            subject=locale_str("Who or what is in the photo (optional)"),
-            environment=locale_str("Where it happens (optional)"),
-        )
+        options = ("image", "prompt", "seed", "negative", "camera", "speed", "subject", "environment")
+
+        @app_commands.rename(**{o: text(f"opt_{o}") for o in options})
+        @app_commands.describe(**{o: text(f"optdesc_{o}") for o in options})
         @app_commands.choices(
-            camera=[app_commands.Choice(name=locale_str(c), value=c) for c in CAMERAS],
-            speed=[app_commands.Choice(name=locale_str(s), value=s) for s in SPEEDS],
+            camera=[app_commands.Choice(name=text(f"choice_{c}"), value=c) for c in CAMERAS],
+            speed=[app_commands.Choice(name=text(f"choice_{s}"), value=s) for s in SPEEDS],
         )
         async def render_command(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
                                  seed: Range[int, 0, MAX_SEED] | None = None, negative: str | None = None,
@@ -75,27 +79,26 @@ class Commands:
             await commands.render(interaction, image, prompt, preset, seed=seed, negative=negative or "",
                                   camera=camera, speed=speed, subject=subject, environment=environment)
 
-        for name, description in (("animate", "Turn a photo into a short video (quick)"),
-                                  ("hq", "Turn a photo into a short video in high quality")):
-            tree.add_command(app_commands.Command(name=locale_str(name), description=locale_str(description),
+        for name in ("animate", "hq"):
+            tree.add_command(app_commands.Command(name=text(f"name_{name}"), description=text(f"desc_{name}"),
                                                   callback=render_command))
 
-        @tree.command(name=locale_str("cancel"), description=locale_str("Cancel your latest job"))
+        @tree.command(name=text("name_cancel"), description=text("desc_cancel"))
         async def cancel(interaction: discord.Interaction) -> None:
             locale = str(interaction.locale)
             job = await front.core.cancel_latest(PLATFORM, str(interaction.user.id))
             await reply(interaction, t(locale, "status.cancelled" if job else "errors.cancel_none"))
 
-        @tree.command(name=locale_str("queue"), description=locale_str("Your jobs and their place in the queue"))
+        @tree.command(name=text("name_queue"), description=text("desc_queue"))
         async def queue(interaction: discord.Interaction) -> None:
             await reply(interaction, await front.core.queue_text(PLATFORM, str(interaction.user.id),
                                                                  str(interaction.locale)))
 
-        @tree.command(name=locale_str("help"), description=locale_str("How to use this bot"))
+        @tree.command(name=text("name_help"), description=text("desc_help"))
         async def help_(interaction: discord.Interaction) -> None:
             await reply(interaction, t(str(interaction.locale), "help.text"))
 
-        @tree.command(name=locale_str("forget"), description=locale_str("Delete all your jobs, images and videos"))
+        @tree.command(name=text("name_forget"), description=text("desc_forget"))
         async def forget(interaction: discord.Interaction) -> None:
             await reply(interaction, await front.core.forget(PLATFORM, str(interaction.user.id),
                                                              str(interaction.locale)))
@@ -103,22 +106,20 @@ class Commands:
         async def admin_command(interaction: discord.Interaction) -> None:
             await commands._admin_command(interaction)
 
-        for name, description in (("stats", "Admin: queue and worker numbers"),
-                                  ("pause", "Admin: pause the queue"),
-                                  ("resume", "Admin: resume the queue")):
-            tree.add_command(app_commands.Command(name=locale_str(name), description=locale_str(description),
+        for name in ("stats", "pause", "resume"):
+            tree.add_command(app_commands.Command(name=text(f"name_{name}"), description=text(f"desc_{name}"),
                                                   callback=admin_command))
 
-        @app_commands.describe(user=locale_str("The user"))
+        @app_commands.rename(user=text("opt_user"))
+        @app_commands.describe(user=text("optdesc_user"))
         async def ban_command(interaction: discord.Interaction, user: discord.User) -> None:
             await commands._admin_command(interaction, user)
 
-        for name, description in (("ban", "Admin: stop a user from using the bot"),
-                                  ("unban", "Admin: let a user use the bot again")):
-            tree.add_command(app_commands.Command(name=locale_str(name), description=locale_str(description),
+        for name in ("ban", "unban"):
+            tree.add_command(app_commands.Command(name=text(f"name_{name}"), description=text(f"desc_{name}"),
                                                   callback=ban_command))
 
-        @tree.context_menu(name=locale_str("Animate this image"))
+        @tree.context_menu(name=text("menu_animate"))
         async def animate_message(interaction: discord.Interaction, message: discord.Message) -> None:
             await commands.open_prompt_modal(interaction, message)
 

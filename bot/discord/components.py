@@ -3,9 +3,6 @@ button press does.
 
 Buttons carry `anim:<action>:<job id>` and are matched by a DynamicItem pattern, so no view lives in memory
 and buttons of old results keep working after a restart.
-
-The Chinese texts of the command definitions and of the modal (`ZH`) live here, beside the modal, so that
-commands.py can import them together with the modal without the two modules importing each other.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.core import BUTTON_ACTIONS, Button, error_text, lang
+from bot.core import BUTTON_ACTIONS, Button, error_text, t
 from bot.discord.api import NO_MENTIONS, PLATFORM, reply
 from engine.errors import UserError
 from engine.jobs import Job
@@ -25,62 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot.discord")
 
-# Chinese texts of the command definitions and the modal, keyed by their English text.
-ZH = {
-    "animate": "动画",
-    "hq": "高质量",
-    "cancel": "取消",
-    "queue": "队列",
-    "help": "帮助",
-    "forget": "删除数据",
-    "stats": "统计",
-    "pause": "暂停",
-    "resume": "恢复",
-    "ban": "封禁",
-    "unban": "解封",
-    "image": "图片",
-    "prompt": "提示词",
-    "seed": "种子",
-    "negative": "反向提示词",
-    "camera": "镜头",
-    "subject": "主体",
-    "environment": "环境",
-    "Who or what is in the photo (optional)": "照片里的人或物（可选）",
-    "Where it happens (optional)": "发生的场景（可选）",
-    "speed": "速度",
-    "user": "用户",
-    "Animate this image": "把这张图做成动画",
-    "Turn a photo into a short video (quick)": "把照片变成短视频（快速）",
-    "Turn a photo into a short video in high quality": "把照片变成高质量短视频",
-    "Cancel your latest job": "取消你最近的任务",
-    "Your jobs and their place in the queue": "你的任务及其排队位置",
-    "How to use this bot": "使用说明",
-    "Delete all your jobs, images and videos": "删除你的全部任务、图片和视频",
-    "Admin: queue and worker numbers": "管理员：队列和渲染进程状态",
-    "Admin: pause the queue": "管理员：暂停队列",
-    "Admin: resume the queue": "管理员：恢复队列",
-    "Admin: stop a user from using the bot": "管理员：禁止某用户使用机器人",
-    "Admin: let a user use the bot again": "管理员：允许某用户再次使用机器人",
-    "The photo to animate (JPEG, PNG, WebP or GIF)": "要做成动画的照片（JPEG、PNG、WebP 或 GIF）",
-    "What should move, and how": "什么在动、怎么动",
-    "Seed for a repeatable result": "种子（可复现结果）",
-    "What the video should avoid": "视频中要避免的内容",
-    "Camera movement": "镜头运动",
-    "Speed of the motion": "运动速度",
-    "The user": "用户",
-    "e.g. a cat slowly turning its head": "例如：猫慢慢转头",
-    "static": "静止",
-    "zoom-in": "推近",
-    "zoom-out": "拉远",
-    "pan-left": "左摇",
-    "pan-right": "右摇",
-    "tilt-up": "上摇",
-    "tilt-down": "下摇",
-    "orbit": "环绕",
-    "slow": "慢",
-    "normal": "正常",
-    "fast": "快",
-}
 
 BUTTON_STYLES = {
     "cancel": discord.ButtonStyle.danger,
@@ -89,10 +30,6 @@ BUTTON_STYLES = {
     "delete": discord.ButtonStyle.secondary,
     "info": discord.ButtonStyle.secondary,
 }
-
-
-def ui_text(locale: str | None, english: str) -> str:
-    return ZH.get(english, english) if lang(locale) == "zh" else english
 
 
 # ---------------------------------------------------------------- buttons
@@ -169,11 +106,11 @@ class PromptModal(discord.ui.Modal):
     """Asks for the prompt after "Animate this image" on a message."""
 
     def __init__(self, front: DiscordFrontEnd, attachment: discord.Attachment, locale: str):
-        super().__init__(title=ui_text(locale, "Animate this image"), timeout=600)
+        super().__init__(title=t(locale, "discord.form_title"), timeout=600)
         self.front, self.attachment = front, attachment
         self.prompt = discord.ui.TextInput(
-            label=ui_text(locale, "What should move, and how"), custom_id="prompt",
-            placeholder=ui_text(locale, "e.g. a cat slowly turning its head"),
+            label=t(locale, "discord.form_prompt"), custom_id="prompt",
+            placeholder=t(locale, "discord.form_placeholder"),
             style=discord.TextStyle.paragraph, max_length=min(4000, front.config.limits.max_prompt_chars))
         self.add_item(self.prompt)
 

@@ -3,7 +3,7 @@
 A job starts from a photo captioned `/animate` or `/hq`, from either command as a reply to an image, or from
 the next image a user sends after a bare `/animate <prompt>` (a `PendingAsk`). The other commands (`/help`,
 `/queue`, `/cancel`, `/forget`, `/info` and the admin ones) answer with one text each. The command menu texts
-(`COMMANDS`, `command_texts`) live here too, next to the commands they describe.
+(`command_texts`, from templates/messages) live here too, next to the commands they describe.
 
 The only state is short-lived and in memory: pending asks and the albums already handled.
 """
@@ -41,36 +41,12 @@ TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
 MEDIA = filters.PHOTO | filters.Document.ALL | filters.VIDEO | filters.ANIMATION
 ADMIN_COMMANDS = ("stats", "pause", "resume", "ban", "unban")
 
-# Command menu texts; a [commands] section in templates/messages overrides them.
-COMMANDS = {
-    "en": {
-        "animate": "Animate a photo: send it captioned /animate <prompt>",
-        "hq": "High-quality video (more steps): /hq <prompt> with a photo",
-        "queue": "Your waiting and rendering jobs",
-        "cancel": "Cancel your latest job",
-        "info": "Reply to a video: how it was made",
-        "forget": "Delete all your jobs, images and videos",
-        "help": "How to use this bot",
-    },
-    "zh": {
-        "animate": "把照片变成视频：发送图片并配文 /animate <提示词>",
-        "hq": "高质量视频（更多步数）：图片配文 /hq <提示词>",
-        "queue": "你等待中和渲染中的任务",
-        "cancel": "取消你最新的任务",
-        "info": "回复一个视频：查看生成参数",
-        "forget": "删除你的所有任务、图片和视频",
-        "help": "使用说明",
-    },
-}
+MENU_COMMANDS = ("animate", "hq", "queue", "cancel", "info", "forget", "help")   # texts: [telegram] in templates
 
 
 def command_texts(locale: str) -> list[BotCommand]:
-    return [BotCommand(name, _command_description(locale, name, text)) for name, text in COMMANDS[locale].items()]
-
-
-def _command_description(locale: str, name: str, default: str) -> str:
-    text = t(locale, f"commands.{name}")
-    return default if text == f"commands.{name}" else text
+    """The command menu in one language (setMyCommands)."""
+    return [BotCommand(name, t(locale, f"telegram.{name}")) for name in MENU_COMMANDS]
 
 
 def command_rest(text: str) -> str:

@@ -91,7 +91,7 @@ def _unsupported(fmt: str) -> UserError:
 
 
 def _not_an_image(what: str = "This file is not an image") -> UserError:
-    return UserError(f"{what}; please send a {ACCEPTED} image.", "not_an_image", accepted=ACCEPTED)
+    return UserError(f"{what}; please send a {ACCEPTED} image.", "not_an_image", accepted=ACCEPTED, what=what)
 
 
 def _empty_file() -> UserError:

@@ -55,10 +55,10 @@ def prompt_hints(text: str, glossary: Glossary) -> list[Hint]:
     if chinese:
         translation = _plain_translation(slots)
         unknown = ", ".join(dict.fromkeys(slots.unknown))
-        message = f"The model understands English best. Your prompt was read as: \"{translation}\"."
-        if unknown:
-            message += f" Not translated: {unknown}."
-        hints.append(Hint("mostly_chinese", message, {"translation": translation, "unknown": unknown}))
+        untranslated = f" Not translated: {unknown}." if unknown else ""
+        message = f"The model understands English best. Your prompt was read as: \"{translation}\".{untranslated}"
+        hints.append(Hint("mostly_chinese", message,
+                          {"translation": translation, "unknown": unknown, "untranslated": untranslated}))
     return hints
 
 
