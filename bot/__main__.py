@@ -14,10 +14,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from engine.config import Config, load_config
 from engine.errors import UserError
+from engine.queue.backends import is_redis_url
 
 log = logging.getLogger("bot")
 
@@ -26,13 +29,13 @@ EXPIRE_EVERY_S = 3600
 METRICS_EVERY_S = 5.0
 
 
-def read_token(name: str, env: dict[str, str] | None = None) -> str | None:
+def read_token(name: str, env: Mapping[str, str] | None = None) -> str | None:
     """A token from NAME, or from the file named by NAME_FILE (for Docker/Kubernetes secrets)."""
-    env = os.environ if env is None else env
-    value = env.get(name, "").strip()
+    environ = os.environ if env is None else env
+    value = environ.get(name, "").strip()
     if value:
         return value
-    path = env.get(f"{name}_FILE", "").strip()
+    path = environ.get(f"{name}_FILE", "").strip()
     if path:
         try:
             return Path(path).read_text(encoding="utf-8").strip() or None
@@ -97,8 +100,18 @@ class WorkerSupervisor:
                 await self._task
 
 
+class FrontEnd(Protocol):
+    """What `run` needs of a chat front end."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 def wants_local_worker(config: Config) -> bool:
-    return config.wants_local_worker()
+    """A worker beside the bot: always with a SQLite store (one machine, one GPU); with Redis unless
+    `[engine] local_worker` is false (workers then run on the GPU machines)."""
+    return config.engine.local_worker or not is_redis_url(config.storage.url)
 
 
 async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -> None:
@@ -117,7 +130,7 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
     if wants_local_worker(config):
         supervisor = WorkerSupervisor(config_path, config.storage.url)
         supervisor.start()
-    front_ends = []
+    front_ends: list[FrontEnd] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

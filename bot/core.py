@@ -15,14 +15,17 @@ import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import Cancelled, Done, Failed, FellBack, Job, JobState, Queued, Started, Step
 from engine.queue.service import JobService
+
+if TYPE_CHECKING:
+    from engine.queue.metrics import Metrics
 
 log = logging.getLogger("bot.core")
 
@@ -322,7 +325,7 @@ class BotCore:
         self.config = config
         self.service = service
         self._followers: dict[str, asyncio.Task] = {}
-        self.metrics = None   # engine.queue.metrics.Metrics, when enabled
+        self.metrics: Metrics | None = None   # when enabled
         # Image decoding in threads competes with the event loop for the GIL: a burst of uploads is worked
         # through one at a time instead of stalling every chat at once.
         self._image_work = asyncio.Semaphore(1)
@@ -424,7 +427,8 @@ class BotCore:
             hints = list(job.options.get("hints") or [])
         task = asyncio.create_task(self._follow(job, ui, hints), name=f"follow-{job.id}")
         self._followers[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._followers.pop(jid, None))
+        job_id = job.id
+        task.add_done_callback(lambda _t: self._followers.pop(job_id, None))
         return task
 
     async def _follow(self, job: Job, ui: JobUI, hints: list[str]) -> None:
@@ -462,7 +466,7 @@ class BotCore:
                     await edits.close()
                     text = (t(locale, "status.failed", reason=event.reason) if isinstance(event, Failed)
                             else t(locale, "status.cancelled"))
-                    await with_retries(lambda text=text: ui.finish(text))
+                    await with_retries(partial(ui.finish, text))
                     await self.service.mark_delivered(job.id)
                     return
                 # Deep in a long queue, every start elsewhere moves a job up one place: edit those statuses

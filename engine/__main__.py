@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from engine.config import Config, load_config, set_option
 from engine.errors import ModelError, UserError
@@ -20,7 +21,7 @@ from engine.jobs import JobState
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         raise UserError(f"{self.prog}: {message}", "usage")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.errors import UserError
@@ -180,12 +181,6 @@ class Config(BaseSettings):
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
 
-    def wants_local_worker(self) -> bool:
-        """Whether `python -m bot` starts a worker beside itself."""
-        from engine.queue.backends import is_redis_url
-
-        return self.engine.local_worker or not is_redis_url(self.storage.url)
-
 
 # ---- loading, and one line per refusal ----
 
@@ -205,7 +200,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, env: dict[str, s
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Read config.toml; a missing default file gives the built-in defaults, a missing named file is an error."""
     explicit = path is not None
-    p = Path(path) if explicit else Path("config.toml")
+    p = Path(path) if path is not None else Path("config.toml")
     if not p.exists():
         if explicit:
             raise UserError(f"Config file not found: {p}", "config_missing")
@@ -268,7 +263,7 @@ def _describe(exc: ValidationError, source: str, raw: dict[str, Any], env: dict[
     return f"{where}: {key}: {_problem(error, loc[-1])}"
 
 
-def _problem(error: dict[str, Any], key: str) -> str:
+def _problem(error: ErrorDetails, key: str) -> str:
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         owner = _section_fields(error["loc"][:-1])
         return f"unknown key{_did_you_mean(key, owner)}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.__main__ import wants_local_worker
 from engine.config import load_config, parse_config
 from engine.errors import UserError
 from tests.harness import write_config
@@ -99,7 +100,7 @@ def test_every_key_of_the_shipped_config_is_known_and_settable_from_the_environm
         "redis://redis:6379/0", "default", 12)
     assert config.presets["quick"].frames == 16   # the rest of the table is the file's
     assert config.discord.guilds == [1, 2] and config.discord.interaction_ttl_s == 600
-    assert not config.wants_local_worker()
+    assert not wants_local_worker(config)
 
 
 def test_presets_are_completed_from_the_built_in_ones_and_checked():
@@ -113,7 +114,7 @@ def test_presets_are_completed_from_the_built_in_ones_and_checked():
 
 
 def test_a_local_worker_runs_unless_the_store_is_redis_and_it_is_turned_off():
-    assert parse_config({"engine": {"local_worker": False}}, env={}).wants_local_worker()   # SQLite: one machine
-    assert parse_config({"storage": {"url": "redis://r/0"}}, env={}).wants_local_worker()
-    assert not parse_config({"storage": {"url": "redis://r/0"}, "engine": {"local_worker": False}},
-                            env={}).wants_local_worker()
+    assert wants_local_worker(parse_config({"engine": {"local_worker": False}}, env={}))   # SQLite: one machine
+    assert wants_local_worker(parse_config({"storage": {"url": "redis://r/0"}}, env={}))
+    redis_only = {"storage": {"url": "redis://r/0"}, "engine": {"local_worker": False}}
+    assert not wants_local_worker(parse_config(redis_only, env={}))

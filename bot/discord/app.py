@@ -48,7 +48,7 @@ class _Client(discord.Client):
         self.ready_event.set()
 
 
-class _Tree(app_commands.CommandTree):
+class _Tree(app_commands.CommandTree[_Client]):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return await self.client.front_end.commands.allowed_here(interaction)
 
@@ -109,7 +109,9 @@ class DiscordFrontEnd:
             if stopped:
                 self._runner.result()   # raises the login/connection error
             raise TimeoutError(f"Discord did not get ready within {self._ready_timeout_s:.0f} s")
-        log.info("discord: connected as %s (%s)", self.client.user, self.client.user.id)
+        user = self.client.user
+        assert user is not None   # set at login, before the client gets ready
+        log.info("discord: connected as %s (%s)", user, user.id)
         self.synced = await self.commands.sync_commands()
         resumed = await self.core.resume_following(PLATFORM, self.status_for_stored_job)
         if resumed:

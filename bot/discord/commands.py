@@ -136,7 +136,8 @@ class Commands:
 
     async def sync_commands(self) -> bool:
         """Sync the global commands when their definitions (or the application) changed since the last sync."""
-        material = {"application": self.front.client.application_id, "commands": await self.command_payloads()}
+        payloads = await self.command_payloads()
+        material = {"application": self.front.client.application_id, "commands": payloads}
         digest = hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         service = self.front.core.service
         if await service.setting(COMMANDS_HASH_KEY) == digest:
@@ -144,7 +145,7 @@ class Commands:
             return False
         await self.tree.sync()
         await service.save_setting(COMMANDS_HASH_KEY, digest)
-        log.info("discord: synced %d commands", len(material["commands"]))
+        log.info("discord: synced %d commands", len(payloads))
         return True
 
     # ---- checks ----

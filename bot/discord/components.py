@@ -8,7 +8,8 @@ and buttons of old results keep working after a restart.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING
 
 import discord
 
@@ -45,9 +46,11 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button],
                                            style=BUTTON_STYLES.get(action, discord.ButtonStyle.secondary)))
         self.action, self.job_id = action, job_id
 
+    # discord.py passes the base item, a Button for a DynamicItem[Button], but types it as any Item.
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: Any) -> JobButton:
+    async def from_custom_id(  # type: ignore[override]
+            cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str],
+    ) -> JobButton:
         return cls(match["action"], match["job_id"], item.label or "")
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -108,7 +111,7 @@ class PromptModal(discord.ui.Modal):
     def __init__(self, front: DiscordFrontEnd, attachment: discord.Attachment, locale: str):
         super().__init__(title=t(locale, "discord.form_title"), timeout=600)
         self.front, self.attachment = front, attachment
-        self.prompt = discord.ui.TextInput(
+        self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
             label=t(locale, "discord.form_prompt"), custom_id="prompt",
             placeholder=t(locale, "discord.form_placeholder"),
             style=discord.TextStyle.paragraph, max_length=min(4000, front.config.limits.max_prompt_chars))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dtm
 import logging
 import weakref
 from pathlib import Path
@@ -87,7 +88,8 @@ class TelegramFrontEnd:
         await self._set_commands()
         await app.start()
         await self._resume()
-        await app.updater.start_polling(poll_interval=0, timeout=self.poll_timeout,
+        assert app.updater is not None   # the builder makes one unless told `.updater(None)`
+        await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=self.poll_timeout),
                                         allowed_updates=["message", "callback_query"])
         log.info("Telegram bot @%s is polling", app.bot.username)
 

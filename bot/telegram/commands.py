@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from telegram import BotCommand, ForceReply, Message, Update
+from telegram import BotCommand, ForceReply, Message, Update, User
 from telegram.error import TimedOut
 from telegram.ext import ContextTypes, filters
 
@@ -49,13 +49,30 @@ def command_texts(locale: str) -> list[BotCommand]:
     return [BotCommand(name, t(locale, f"telegram.{name}")) for name in MENU_COMMANDS]
 
 
-def command_rest(text: str) -> str:
+def command_rest(text: str | None) -> str:
     """'/animate@bot a cat' -> 'a cat'."""
     return TEXT_COMMAND.sub("", text or "", count=1).strip()
 
 
+def command_name(text: str | None) -> str:
+    """'/HQ@bot a cat' -> 'hq', for the text of a message that a CommandHandler matched."""
+    match = TEXT_COMMAND.match(text or "")
+    # A CommandHandler only passes messages whose text starts with one of its commands.
+    assert match is not None, "not a command"
+    return match.group(0).strip().lstrip("/").split("@")[0].lower()
+
+
 def info_usage() -> UserError:
     return UserError("Reply to one of my videos with /info to see how it was made.", "info_usage")
+
+
+def sender_of(update: Update) -> tuple[Message, User] | None:
+    """The message of an update and its sender; None when there is no one to answer (an update without a
+    message, or a message from a channel)."""
+    message = update.effective_message
+    if message is None or message.from_user is None:
+        return None
+    return message, message.from_user
 
 
 def locale_of(message: Message | None) -> str:
@@ -99,27 +116,30 @@ class Commands:
     # ---- starting jobs
 
     async def on_captioned(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        match = CAPTION_COMMAND.match(message.caption or "")
-        if match is None or message.from_user is None or not self._for_us(match.group(2)):
+        if (sent := sender_of(update)) is None:
             return
-        self._pending.pop((message.chat_id, message.from_user.id), None)
+        message, user = sent
+        caption = message.caption or ""
+        match = CAPTION_COMMAND.match(caption)
+        if match is None or not self._for_us(match.group(2)):
+            return
+        self._pending.pop((message.chat_id, user.id), None)
         if message.media_group_id:
             self._mark_album(message.media_group_id)
-        ask = Ask(message.caption[match.end():].strip(), "hq" if match.group(1).lower() == "hq" else "quick")
-        await self._start_job(message, message, ask)
+        ask = Ask(caption[match.end():].strip(), "hq" if match.group(1).lower() == "hq" else "quick")
+        await self._start_job(message, user, message, ask)
 
     async def on_animate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        if message.from_user is None:
+        if (sent := sender_of(update)) is None:
             return
-        command = TEXT_COMMAND.match(message.text or "").group(0).strip().lstrip("/").split("@")[0].lower()
+        message, user = sent
+        command = command_name(message.text)
         ask = Ask(command_rest(message.text), "hq" if command == "hq" else "quick")
         source = message.reply_to_message
-        if attachment_of(source) is not None:
-            await self._start_job(message, source, ask)
+        if source is not None and attachment_of(source) is not None:
+            await self._start_job(message, user, source, ask)
             return
-        if not self.allowed(message.chat_id, message.from_user.id):
+        if not self.allowed(message.chat_id, user.id):
             await self._refuse(message, UserError("This bot is not enabled in this chat.", "not_allowed_here"))
             return
         try:   # refuse bad flags now rather than after the user found an image
@@ -128,7 +148,7 @@ class Commands:
             await self._refuse(message, exc)
             return
         self._drop_expired_asks()
-        key = (message.chat_id, message.from_user.id)
+        key = (message.chat_id, user.id)
         self._pending[key] = PendingAsk(ask.prompt, ask.preset, time.monotonic() + PENDING_ASK_S)
         # ForceReply: in groups with privacy mode on, only replies to the bot reach it.
         await reply(self.front.bot, message, t(locale_of(message), "errors.ask_image"),
@@ -136,18 +156,18 @@ class Commands:
 
     async def on_image(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """An image without a command: the answer to an earlier '/animate prompt', else ignored."""
-        message = update.effective_message
-        if message.from_user is None:
+        if (sent := sender_of(update)) is None:
             return
+        message, user = sent
         if message.media_group_id and message.media_group_id in self._albums:
             return
         self._drop_expired_asks()
-        pending = self._pending.pop((message.chat_id, message.from_user.id), None)
+        pending = self._pending.pop((message.chat_id, user.id), None)
         if pending is None:
             return
         if message.media_group_id:
             self._mark_album(message.media_group_id)
-        await self._start_job(message, message, Ask(pending.prompt, pending.preset))
+        await self._start_job(message, user, message, Ask(pending.prompt, pending.preset))
 
     def _drop_expired_asks(self) -> None:
         now = time.monotonic()
@@ -165,11 +185,10 @@ class Commands:
 
         return parse_flags(ask.prompt)
 
-    async def _start_job(self, message: Message, source: Message, ask: Ask) -> None:
-        """`message` carries the command (replies go to it); `source` carries the image."""
+    async def _start_job(self, message: Message, user: User, source: Message, ask: Ask) -> None:
+        """`message` carries the command (replies go to it), `user` sent it, `source` carries the image."""
         front = self.front
         config, core = front.config, front.core
-        user = message.from_user
         locale = locale_of(message)
         try:
             if not self.allowed(message.chat_id, user.id):
@@ -236,10 +255,9 @@ class Commands:
 
     async def _run_command(self, update: Update, produce) -> None:
         """Reply with what `produce(message, locale, user_id)` returns; refusals and failures get a clear text."""
-        message = update.effective_message
-        user = message.from_user if message else None
-        if user is None:
+        if (sent := sender_of(update)) is None:
             return
+        message, user = sent
         locale = locale_of(message)
         try:
             if not self.allowed(message.chat_id, user.id):
@@ -276,8 +294,8 @@ class Commands:
 
     async def on_admin(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async def produce(message, locale, user_id):
-            command = TEXT_COMMAND.match(message.text).group(0).strip().lstrip("/").split("@")[0].lower()
-            return await self.front.core.admin(PLATFORM, user_id, locale, command, command_rest(message.text))
+            return await self.front.core.admin(PLATFORM, user_id, locale, command_name(message.text),
+                                               command_rest(message.text))
         await self._run_command(update, produce)
 
     async def on_info(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
@@ -42,6 +42,8 @@ class Buttons:
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         front = self.front
         query = update.callback_query
+        if query is None:   # the CallbackQueryHandler passes only callback queries
+            return
         user = query.from_user
         locale = user.language_code or "en"
         text, alert, new_job = "", False, None
@@ -56,7 +58,7 @@ class Buttons:
                 raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
             text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(user.id), locale)
             if action == "delete" and message is not None:
-                await self._delete_quietly(chat_id, message.message_id)
+                await self._delete_quietly(message.chat.id, message.message_id)
             elif action == "info":
                 text, alert = await self._info_answer(query, text)
         except UserError as exc:
@@ -71,7 +73,8 @@ class Buttons:
 
     async def _info_answer(self, query: CallbackQuery, text: str) -> tuple[str, bool]:
         """The info fits an alert when short; otherwise the alert is shortened and the whole text posted."""
-        if len(text) > ALERT_LIMIT and query.message is not None:
+        # An inaccessible message (too old, or deleted) cannot be answered: the shortened alert must do.
+        if len(text) > ALERT_LIMIT and isinstance(query.message, Message):
             await reply(self.front.bot, query.message, text)
         return shorten(text, ALERT_LIMIT), True
 

@@ -252,14 +252,21 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
+def _band_max(img: Image.Image) -> float:
+    """The largest pixel value of a single-band image."""
+    hi = img.getextrema()[1]
+    assert not isinstance(hi, tuple)  # one band: (min, max), not a pair per band
+    return hi
+
+
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
     """16-bit and float greyscale to 8-bit: scale instead of Pillow's clipping (which turns most pixels white)."""
     if img.mode == "F":
-        hi = img.getextrema()[1]
+        hi = _band_max(img)
         scale = 255.0 if hi <= 1.0 else 255.0 / 65535.0
         return img.point(lambda v: v * scale).convert("L")
     as_int = img.convert("I")
-    hi = as_int.getextrema()[1]
+    hi = _band_max(as_int)
     if hi <= 255:
         return as_int.convert("L")
     return as_int.point(lambda v: v / 257.0).convert("L")

@@ -142,7 +142,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18, pre
                 "-framerate", str(fps), "-i", "pipe:0", "-vf", _RGB_TO_YUV, *_x264_output(crf, preset, tmp),
             ],
             "encode",
-            stdin=memoryview(frames).cast("B"),
+            stdin=frames.data.cast("B"),
         )
     return path
 
@@ -168,7 +168,10 @@ def _split_top_level(text: str) -> list[str]:
 def _parse_video_stream(line: str) -> dict:
     """Fields of an ffmpeg 'Stream #0:0...: Video: h264 (High) (...), yuv420p(tv, bt709), 512x512, ...' line."""
     parts = _split_top_level(line.split("Video:", 1)[1])
-    info: dict = {"codec": parts[0].split()[0], "pix_fmt": re.match(r"[\w]+", parts[1]).group(0)}
+    pix_fmt = re.match(r"[\w]+", parts[1])
+    if pix_fmt is None:
+        raise ValueError(f"unreadable ffmpeg stream line: {line!r}")
+    info: dict = {"codec": parts[0].split()[0], "pix_fmt": pix_fmt.group(0)}
     for part in parts[2:]:
         if "width" not in info and (m := re.match(r"(\d+)x(\d+)", part)):
             info["width"], info["height"] = int(m.group(1)), int(m.group(2))

@@ -23,12 +23,12 @@ from engine.prompts.hints import MAX_CONTENT_WORDS, Hint, prompt_hints
 from engine.prompts.slots import build_prompt
 from engine.prompts.templates import (
     TEMPLATES_DIR,
-    Glossary,
     Templates,
     available_templates,
     load_glossary,
     load_templates,
 )
+from engine.prompts.words import Glossary
 
 __all__ = [
     "CAMERAS", "MAX_CONTENT_WORDS", "SLOTS", "SPEEDS", "TEMPLATES_DIR", "Advice", "Glossary", "Hint", "PromptSpec",

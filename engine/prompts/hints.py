@@ -6,13 +6,13 @@ import re
 from dataclasses import dataclass
 
 from engine.prompts.slots import Slots, slots_from_chinese
-from engine.prompts.templates import Glossary
 from engine.prompts.words import (
     CAMERA_VERBS,
     CJK,
     CJK_RUN,
     SPEED_IN_TEXT,
     STOP_WORDS,
+    Glossary,
     collapse,
     has_motion,
     is_mostly_chinese,
@@ -52,7 +52,7 @@ def prompt_hints(text: str, glossary: Glossary) -> list[Hint]:
         examples = "turning its head, walking forward, hair blowing in the wind, waves rolling"
         hints.append(Hint("no_action", "Say what should move and how, e.g. "
                           f"{examples}; without an action the video may barely move.", {"examples": examples}))
-    if chinese:
+    if slots is not None:      # set exactly when the prompt is mostly Chinese
         translation = _plain_translation(slots)
         unknown = ", ".join(dict.fromkeys(slots.unknown))
         untranslated = f" Not translated: {unknown}." if unknown else ""

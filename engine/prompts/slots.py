@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from engine.prompts.choices import CAMERAS, SPEEDS, PromptSpec, check_choice, normalize_choice
-from engine.prompts.templates import Glossary, Templates
+from engine.prompts.templates import Templates
 from engine.prompts.words import (
     CAMERA_IN_TEXT,
     CAMERA_VERBS,
@@ -16,6 +16,7 @@ from engine.prompts.words import (
     CJK_RUN,
     DETERMINERS,
     SPEED_IN_TEXT,
+    Glossary,
     bare_word,
     collapse,
     is_mostly_chinese,

@@ -11,56 +11,11 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.prompts.choices import SLOTS, normalize_choice
-from engine.prompts.words import CJK_RUN, collapse, verb_forms
+from engine.prompts.words import Glossary, collapse, verb_forms
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "prompts"
 _ZH_CATEGORIES = ("subject", "action", "camera", "speed", "environment", "modifier", "connector")
 
-
-
-@dataclass(frozen=True)
-class Glossary:
-    cameras: dict[str, str]
-    speeds: dict[str, str]
-    motion_verbs: tuple[str, ...]
-    motion_phrases: tuple[str, ...]
-    vague: tuple[str, ...]
-    suggestions: dict[str, str]
-    zh: dict[str, tuple[str, str]]        # Chinese word -> (category, English); category "skip" drops it
-    motion_forms: frozenset[str] = frozenset()
-    zh_longest: int = 1
-
-    def segment(self, run: str) -> list[tuple[str, str, str]]:
-        """(category, English, original) for a run of CJK text, longest match first; unknown text is
-        category "unknown" with itself as the English."""
-        out: list[tuple[str, str, str]] = []
-        unknown = ""
-        i = 0
-        while i < len(run):
-            for j in range(min(len(run), i + self.zh_longest), i, -1):
-                hit = self.zh.get(run[i:j])
-                if hit:
-                    if unknown:
-                        out.append(("unknown", unknown, unknown))
-                        unknown = ""
-                    out.append((hit[0], hit[1], run[i:j]))
-                    i = j
-                    break
-            else:
-                unknown += run[i]
-                i += 1
-        if unknown:
-            out.append(("unknown", unknown, unknown))
-        return out
-
-    def translate_inline(self, text: str) -> str:
-        """Every CJK run replaced by its English words, in order; unknown words kept, particles dropped."""
-        def one(m: re.Match) -> str:
-            words = " ".join(eng for cat, eng, _ in self.segment(m.group(0)) if cat != "skip")
-            before = m.string[m.start() - 1:m.start()]
-            after = m.string[m.end():m.end() + 1]
-            return (" " if before.isalnum() else "") + words + (" " if after.isalnum() else "")
-        return collapse(CJK_RUN.sub(one, text))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import json
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -355,6 +355,14 @@ def _job(flat: list[str]) -> Job | None:
     return Job.from_dict({flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)})
 
 
+def _ok_job(flat: list[str]) -> Job:
+    """The job of an 'ok' script reply: the script read the hash in the same atomic step that found or wrote
+    it, so it is never missing."""
+    job = _job(flat)
+    assert job is not None
+    return job
+
+
 def _split_prefix(url: str, prefix: str | None) -> tuple[str, str]:
     """Take an optional `prefix` query parameter off the URL (redis-py refuses unknown ones)."""
     parts = urlsplit(url)
@@ -386,6 +394,8 @@ class RedisStore:
             await self._r.aclose()
             self._r = None
 
+    # The client decodes replies (decode_responses=True), so keys and values read back are str; redis-py types
+    # them `bytes | str` as it cannot know that, hence the casts on what is read directly.
     @property
     def redis(self) -> aioredis.Redis:
         if self._r is None:
@@ -404,7 +414,7 @@ class RedisStore:
         reply = await self._run(name, job_id, *args)
         if reply[0] == "missing":
             raise KeyError(job_id)
-        return _job(reply[1])
+        return _ok_job(reply[1])
 
     async def _fetch(self, ids: list[str]) -> list[Job]:
         """Jobs by id, in that order; ids deleted meanwhile are skipped."""
@@ -429,10 +439,10 @@ class RedisStore:
             limits.per_user, limits.max_length, limits.jobs_per_hour, *_pairs(fields))
         if reply[0] != "ok":
             raise refusal_error(reply[0], limits, float(reply[1]) if len(reply) > 1 else None)
-        return _job(reply[1])
+        return _ok_job(reply[1])
 
     async def get(self, job_id: str) -> Job | None:
-        raw = await self.redis.hgetall(self.key("job", job_id))
+        raw = cast("dict[str, str]", await self.redis.hgetall(self.key("job", job_id)))
         return Job.from_dict({k: json.loads(v) for k, v in raw.items()}) if raw else None
 
     async def update(self, job_id: str, **fields: Any) -> Job:
@@ -458,7 +468,7 @@ class RedisStore:
         return fair_order([j for j in map(_job, reply[1:]) if j is not None], served)
 
     async def running(self) -> list[Job]:
-        jobs = await self._fetch(sorted(await self.redis.smembers(self.key("running"))))
+        jobs = await self._fetch(sorted(cast("set[str]", await self.redis.smembers(self.key("running")))))
         return [j for j in jobs if j.state == JobState.RUNNING]
 
     async def jobs(self, user: str | None = None, states: Iterable[JobState] | None = None,
@@ -468,7 +478,7 @@ class RedisStore:
         out: list[Job] = []
         start = 0
         while len(out) < limit:
-            ids = await self.redis.zrange(index, start, start + FETCH_CHUNK - 1)
+            ids = cast("list[str]", await self.redis.zrange(index, start, start + FETCH_CHUNK - 1))
             if not ids:
                 break
             start += len(ids)
@@ -521,7 +531,7 @@ class RedisStore:
         await self.redis.hset(self.key("messages"), key, job_id)
 
     async def message_job(self, key: str) -> str | None:
-        return await self.redis.hget(self.key("messages"), key)
+        return cast("str | None", await self.redis.hget(self.key("messages"), key))
 
     async def notifications(self) -> AsyncIterator[dict[str, Any]]:
         """Job writes as they happen: {"id", "seq", "state", "step"} from the `<prefix>events` channel."""
@@ -551,7 +561,7 @@ class RedisStore:
         await pipe.execute()
 
     async def workers(self) -> list[WorkerInfo]:
-        owners = sorted(await self.redis.smembers(self.key("leases")))
+        owners = sorted(cast("set[str]", await self.redis.smembers(self.key("leases"))))
         pipe = self.redis.pipeline(transaction=False)
         for owner in owners:
             pipe.hgetall(self.key("lease", owner))
@@ -582,7 +592,7 @@ class RedisStore:
 
     async def step_times(self) -> dict[str, tuple[float, float]]:
         """Median (seconds per step, seconds outside the steps) per shape key."""
-        keys = sorted(await self.redis.smembers(self.key("step_keys")))
+        keys = sorted(cast("set[str]", await self.redis.smembers(self.key("step_keys"))))
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.lrange(self.key("step", key), 0, -1)
@@ -594,4 +604,5 @@ class RedisStore:
         return out
 
     async def last_served(self) -> dict[str, float]:
-        return {u: float(t) for u, t in (await self.redis.hgetall(self.key("served"))).items()}
+        served = cast("dict[str, str]", await self.redis.hgetall(self.key("served")))
+        return {u: float(t) for u, t in served.items()}

@@ -170,7 +170,7 @@ class JobService:
         if src.expired or not Path(src.image_path).exists():
             raise UserError("This video has expired; please send the image again.", "expired")
         options = {**src.options, **fields.pop("options", {})}
-        args = dict(
+        args: dict[str, Any] = dict(
             user=user, image=src.image_path, prompt_raw=src.prompt_raw, prompt=src.prompt,
             preset=preset or src.preset, seed=None if new_seed else src.seed, negative_prompt=src.negative_prompt,
             platform=src.platform, chat=src.chat, locale=src.locale, options=options, parent=src.id,

@@ -64,6 +64,13 @@ def _is_locked(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
 
 
+async def _one_row(cur: aiosqlite.Cursor) -> sqlite3.Row:
+    """The row of a query that always yields exactly one: an aggregate, or an upsert's RETURNING."""
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
 class SQLiteStore:
     """One SQLite file shared by the bot process and the worker process on one machine."""
 
@@ -137,8 +144,7 @@ class SQLiteStore:
         cur = await self.db.execute(
             "INSERT INTO meta(key, value) VALUES('seq', '1') "
             "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value")
-        row = await cur.fetchone()
-        return int(row[0])
+        return int((await _one_row(cur))[0])
 
     async def _save(self, job: Job) -> Job:
         job.seq = await self._next_seq()
@@ -164,13 +170,13 @@ class SQLiteStore:
         async def tx():
             now = time.time()
             cur = await self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'")
-            queued_total = (await cur.fetchone())[0]
+            queued_total = (await _one_row(cur))[0]
             cur = await self.db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE user=? AND state IN ('queued','running')", (job.user,))
-            user_active = (await cur.fetchone())[0]
+            user_active = (await _one_row(cur))[0]
             cur = await self.db.execute(
                 "SELECT COUNT(*), MIN(at) FROM submissions WHERE user=? AND at>?", (job.user, now - HOUR_S))
-            hour_count, hour_oldest = await cur.fetchone()
+            hour_count, hour_oldest = await _one_row(cur)
             refusal = limit_refusal(limits, queued_total=queued_total, user_active=user_active,
                                     hour_count=hour_count, hour_oldest_at=hour_oldest)
             if refusal:
@@ -251,14 +257,15 @@ class SQLiteStore:
 
     async def jobs(self, user: str | None = None, states: Iterable[JobState] | None = None,
                    limit: int = 1000) -> list[Job]:
-        sql, params = "SELECT data FROM jobs WHERE 1=1", []
+        sql = "SELECT data FROM jobs WHERE 1=1"
+        params: list[str | int] = []
         if user is not None:
             sql += " AND user=?"
             params.append(user)
         if states is not None:
-            states = [str(s) for s in states]
-            sql += f" AND state IN ({','.join('?' * len(states))})"
-            params.extend(states)
+            names = [str(s) for s in states]
+            sql += f" AND state IN ({','.join('?' * len(names))})"
+            params.extend(names)
         sql += " ORDER BY created_at LIMIT ?"
         params.append(limit)
         return await self._retry(self._select, sql, tuple(params))

@@ -16,8 +16,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.config import Config
 from engine.errors import ModelError, UserError
@@ -44,7 +46,7 @@ class _Progress:
     written_step: int = 0
     step_at: float = 0.0        # wall-clock time of the latest step, so front ends can measure latency
     fell_back: str = ""
-    notify: object = None       # wakes the progress pump from the render thread
+    notify: Callable[[], object] | None = None   # wakes the progress pump from the render thread
     lost: bool = False          # another worker took the job over (our lease had lapsed)
     finished: bool = False      # the render is over: the pump stops
 
@@ -152,7 +154,9 @@ class Worker:
 
     # ---- one job ----
 
-    async def process(self, job: Job) -> Job:
+    async def process(self, job: Job) -> Job | None:
+        """Render one claimed job and return it as stored; None if another worker took it over and it has
+        since been deleted."""
         from engine.render.memory import free_memory, gpu_peak_bytes, is_oom
         from engine.render.sampler import RenderCancelled
 
@@ -272,11 +276,14 @@ class Worker:
             if gap > 0:
                 await asyncio.sleep(gap)
             try:
-                fields = {}
+                fields: dict[str, Any] = {}
                 if progress.fell_back != fell_back_written:
                     preset = self.config.presets[progress.fell_back]
                     # The new shape, so ETAs and the status text follow the fall-back.
                     latest = await self.store.get(job.id)
+                    if latest is None:   # deleted (/forget): stop the render, as for `current` below
+                        self._cancel.set()
+                        continue
                     w, h = preset.size_for(latest.width or 1, latest.height or 1)
                     fields.update(fell_back=progress.fell_back, total_steps=preset.steps, width=w, height=h,
                                   frames=preset.frames, step=0)

@@ -8,7 +8,8 @@ import torch
 
 # torch.cuda.OutOfMemoryError is an alias of torch.OutOfMemoryError in recent torch; older ones have only it.
 OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
-    {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
+    cls for cls in {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
+    if cls is not None)
 
 
 def is_oom(exc: BaseException) -> bool:

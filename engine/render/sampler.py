@@ -149,7 +149,7 @@ def encode_image(parts: ModelParts, image: PIL.Image.Image, width: int) -> torch
     """(1, 1, dim) CLIP image embedding of a width x width centre crop, as I2VGen-XL was trained."""
     crop = center_crop_wide(image, width, width)
     size = parts.feature_extractor.crop_size
-    crop = crop.resize((size["width"], size["height"]), PIL.Image.BILINEAR)
+    crop = crop.resize((size["width"], size["height"]), PIL.Image.Resampling.BILINEAR)
     pixels = parts.feature_extractor(
         images=_to_tensor(crop), do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False,
         return_tensors="pt",
@@ -234,7 +234,8 @@ def center_crop_wide(image: PIL.Image.Image, width: int, height: int) -> PIL.Ima
     """Scale (box filter) so the image covers width x height, then cut the centre: I2VGen-XL's own transform."""
     image = image.convert("RGB") if image.mode != "RGB" else image
     scale = min(image.width / width, image.height / height)
-    image = image.resize((round(image.width // scale), round(image.height // scale)), resample=PIL.Image.BOX)
+    image = image.resize((round(image.width // scale), round(image.height // scale)),
+                         resample=PIL.Image.Resampling.BOX)
     x1 = (image.width - width) // 2
     y1 = (image.height - height) // 2
     return image.crop((x1, y1, x1 + width, y1 + height))

@@ -80,7 +80,7 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
     """Cold compile + fast renders in one fresh process, then a warm-cache compile in another."""
     device = setup.parts.device
     cache_dir = folder / "compile-cache"
-    spec = {
+    spec: dict[str, Any] = {
         "model": model, "device": str(device), "width": setup.width, "height": setup.height,
         "frames": setup.frames, "quick": quick, "hq": hq, "repeat": repeat, "folder": str(folder),
         "options": fast_options(cache_dir, device, backend), "checksum": weights_checksum(setup.parts),

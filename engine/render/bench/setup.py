@@ -11,6 +11,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import ModelError
+from engine.presets import Scheduler
 from engine.render.fastpath import decode_chunk_policy, warm_image
 from engine.render.model import ModelParts, load_model, resolve_device
 from engine.render.sampler import build_scheduler, encode_prompt, vae_scale
@@ -29,7 +30,7 @@ class BenchSetup:
     height: int
     frames: int
     steps: int
-    scheduler: str
+    scheduler: Scheduler
     guidance: float
     fps: int
     decode_chunk_size: int
