@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--speed", default=None)
     g.add_argument("--out", default=None)
     g.add_argument("--json", action="store_true", help="one JSON object per step on stdout")
+    g.add_argument("--preview-dir", default=None,
+                   help="write the previews of the clip as it forms here (GIFs, every [preview] every_s)")
     _common(g)
 
     s = sub.add_parser("submit", help="queue a job; prints the job id")
@@ -170,9 +172,14 @@ def cmd_generate(args) -> int:
         else:
             print(msg, file=sys.stderr)
 
-    result = renderer.render(image, prompt, args.negative if args.negative is not None else eng.negative_prompt,
-                             config.presets[preset_name], seed, config.presets, on_step=bar,
-                             on_fallback=on_fallback)
+    previews = _preview_writer(Path(args.preview_dir), config, preset_name, args.json) if args.preview_dir else None
+    try:
+        result = renderer.render(image, prompt, args.negative if args.negative is not None else eng.negative_prompt,
+                                 config.presets[preset_name], seed, config.presets, on_step=bar,
+                                 on_fallback=on_fallback, previews=previews)
+    finally:
+        if previews is not None:
+            previews.close()
     path = write_mp4(result.frames, out, fps=result.fps)
     if args.json:
         print(json.dumps({"path": str(path), "seed": seed, "preset": result.preset.name,
@@ -181,6 +188,24 @@ def cmd_generate(args) -> int:
     else:
         print(path)
     return 0
+
+
+def _preview_writer(folder: Path, config: Config, preset_name: str, as_json: bool):
+    """Previews as files, as a bot would show them: preview-<step>.gif every `[preview] every_s` seconds (3 when
+    that is 0, since asking for the folder asks for previews)."""
+    from engine.media.preview import preview_gif
+    from engine.render.preview import PreviewTimer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fps = config.presets[preset_name].fps
+
+    def write(step: int, frames) -> None:
+        path = folder / f"preview-{step:03d}.gif"
+        path.write_bytes(preview_gif(frames, fps))
+        if as_json:
+            print(json.dumps({"preview": str(path), "step": step}), flush=True)
+
+    return PreviewTimer(config.preview.every_s or 3.0, write)
 
 
 async def _with_service(config: Config, fn):

@@ -120,6 +120,10 @@ class MetricsConfig(Section):
     port: Port = 0
 
 
+class PreviewConfig(Section):
+    every_s: NonNegFloat = 3.0     # a preview of the forming clip this often while it renders; 0 = off
+
+
 class Config(BaseSettings):
     """The whole configuration. `load_config` builds it; flags are then assigned onto its sections."""
 
@@ -134,6 +138,7 @@ class Config(BaseSettings):
     discord: DiscordConfig = Field(default_factory=DiscordConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
 
     _path: Path | None = PrivateAttr(default=None)
 

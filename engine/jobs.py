@@ -64,12 +64,13 @@ class Job:
     step_at: float = 0.0            # wall-clock time the worker finished the last step (progress timing)
     gpu_peak_bytes: int = 0         # measured by the worker that rendered it
     render_s: float = 0.0
+    preview_step: int = 0           # the step of the latest preview in the store (0: none yet)
     seq: int = 0                    # store-wide change counter of the last update
 
     # Who writes what: the front end and the service write the request and the delivery fields, the worker
     # only what it measures (state, step, step_at, total_steps, sizes, result_path, fell_back, gpu_peak_bytes,
     # render_s, error). Every write names its fields, so a flag set meanwhile (Delete pressed during a
-    # render) survives the worker's last write.
+    # render) survives the worker's last write. preview_step is the worker's too.
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,6 +123,11 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Preview:
+    step: int                 # a new preview of the forming clip is in the store (JobService.preview)
+
+
+@dataclass(frozen=True)
 class FellBack:
     preset: str
 
@@ -142,4 +148,4 @@ class Cancelled:
     job: Job
 
 
-Event = Queued | Started | Step | FellBack | Done | Failed | Cancelled
+Event = Queued | Started | Step | Preview | FellBack | Done | Failed | Cancelled

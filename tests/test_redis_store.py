@@ -450,3 +450,20 @@ async def test_metrics_are_served_and_parse(store):
     assert samples[("animabot_message_edits_total", (("platform", "telegram"),))] == 3
     assert samples[("animabot_request_retries_total", (("platform", "discord"),))] == 1
     assert samples[("animabot_gpu_memory_peak_bytes", ())] == 2**30
+
+
+async def test_previews_are_stored_only_while_rendering_and_removed_with_the_job(store):
+    job = await store.submit(make_job("p", 1), Limits())
+    await store.put_preview(job.id, 2, b"GIF89a\x00queued")
+    assert await store.get_preview(job.id) is None
+    await store.claim("w")
+    data = bytes(range(256)) * 4   # binary, not text
+    await store.put_preview(job.id, 4, data)
+    assert await store.get_preview(job.id) == (4, data)
+    changed, _ = await store.changes_since(job.seq)
+    assert [j.preview_step for j in changed if j.id == job.id] == [4]   # followers hear of it
+    await store.drop_preview(job.id)
+    assert await store.get_preview(job.id) is None
+    await store.put_preview(job.id, 5, data)
+    await store.delete_jobs([job.id])
+    assert await store.get_preview(job.id) is None

@@ -13,6 +13,7 @@ Keys (prefix "animabot:" by default; `RedisStore(url, prefix=...)` or `redis://h
     served              hash user -> when a worker last took one of their jobs (fair order)
     seq                 change counter (INCR); changes: sorted set job id -> seq of its last write
     lease:<owner>       hash pid, state, heartbeat_at, job; leases: set of owners
+    preview:<id>        "<step>:<base64 GIF>" of a rendering job, expiring (previews are small: ~256 px)
     messages            hash front end's message key -> job id (a result or status message's job)
     meta                hash key -> JSON; step:<shape> list of [step_s, overhead_s]; step_keys: set
 
@@ -30,6 +31,7 @@ server (or a primary with replicas), not Redis Cluster.
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 import time
@@ -53,6 +55,7 @@ from engine.queue.store import (
 DEFAULT_PREFIX = "animabot:"
 LEASE_FORGET_S = 3600.0     # a lease dead this long is dropped from the worker list
 FETCH_CHUNK = 500           # job hashes read per round trip when listing
+PREVIEW_TTL_S = 3600        # a preview outlives its job by at most this (a worker that died mid-render)
 
 # Shared by every script. ARGV[1] is always the key prefix.
 _PRELUDE = r"""
@@ -204,6 +207,16 @@ touch(id)
 return job_reply(id)
 """
 
+# ARGV: prefix, id, step, data (base64), ttl_s. Only while the job renders; then the job announces it.
+_PREVIEW = r"""
+local id, key = ARGV[2], jkey(ARGV[2])
+if redis.call('HGET', key, 'state') ~= RUNNING then return 'gone' end
+redis.call('SET', P .. 'preview:' .. id, ARGV[3] .. ':' .. ARGV[4], 'EX', tonumber(ARGV[5]))
+redis.call('HSET', key, 'preview_step', ARGV[3])
+touch(id)
+return 'ok'
+"""
+
 # ARGV: prefix, id, now (JSON)
 _CANCEL = r"""
 local id = ARGV[2]
@@ -254,6 +267,7 @@ for i = 2, #ARGV do
     redis.call('ZREM', P .. 'changes', id)
     redis.call('ZREM', P .. 'jobs', id)
     redis.call('ZREM', P .. 'user_jobs:' .. user, id)
+    redis.call('DEL', P .. 'preview:' .. id)
   end
 end
 return 'ok'
@@ -331,7 +345,7 @@ return 'ok'
 _SCRIPTS = {
     "submit": _SUBMIT, "claim": _CLAIM, "update": _UPDATE, "finish": _FINISH, "cancel": _CANCEL,
     "recover": _RECOVER, "delete": _DELETE, "changes": _CHANGES, "queued": _QUEUED, "acquire": _ACQUIRE,
-    "heartbeat": _HEARTBEAT, "forget_leases": _FORGET_LEASES,
+    "heartbeat": _HEARTBEAT, "forget_leases": _FORGET_LEASES, "preview": _PREVIEW,
 }
 
 
@@ -524,6 +538,21 @@ class RedisStore:
         ids = list(job_ids)
         for i in range(0, len(ids), FETCH_CHUNK):
             await self._run("delete", *ids[i:i + FETCH_CHUNK])
+
+    # ---- previews ----
+
+    async def put_preview(self, job_id: str, step: int, data: bytes) -> None:
+        await self._run("preview", job_id, int(step), base64.b64encode(data).decode("ascii"), PREVIEW_TTL_S)
+
+    async def get_preview(self, job_id: str) -> tuple[int, bytes] | None:
+        raw = cast("str | None", await self.redis.get(self.key("preview", job_id)))
+        if not raw:
+            return None
+        step, _, data = raw.partition(":")
+        return int(step), base64.b64decode(data)
+
+    async def drop_preview(self, job_id: str) -> None:
+        await self.redis.delete(self.key("preview", job_id))
 
     # ---- chat messages -> jobs ----
 

@@ -28,6 +28,7 @@ from engine.jobs import (
     FellBack,
     Job,
     JobState,
+    Preview,
     Queued,
     Started,
     Step,
@@ -53,6 +54,7 @@ class _Follower:
     eta_s: float = -1.0
     fell_back: str = ""
     paused: bool = False
+    preview_step: int = 0
 
 
 def private_file(path: Path, data: bytes | None = None) -> None:
@@ -193,6 +195,11 @@ class JobService:
         """The job whose status or result message this is (as linked by `link_message`), if it still exists."""
         job_id = await self.store.message_job(_message_key(platform, chat, message_id))
         return await self.store.get(job_id) if job_id else None
+
+    async def preview(self, job_id: str) -> bytes | None:
+        """The latest preview (an animated GIF) of a rendering job, if one was made."""
+        stored = await self.store.get_preview(job_id)
+        return stored[1] if stored else None
 
     async def setting(self, key: str, default: Any = None) -> Any:
         """A small value a front end keeps across restarts (e.g. the digest of its last command sync)."""
@@ -440,6 +447,9 @@ class JobService:
                 events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s,
                                    job.step_at))
             f.step = job.step
+            if job.preview_step and job.preview_step != f.preview_step:
+                events.append(Preview(job.preview_step))
+                f.preview_step = job.preview_step
         elif f.state != job.state:
             if job.fell_back and job.fell_back != f.fell_back and job.state == JobState.DONE:
                 events.append(FellBack(job.fell_back))

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS served (user TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS submissions (user TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS submissions_user ON submissions(user, at);
 CREATE TABLE IF NOT EXISTS messages (key TEXT PRIMARY KEY, job TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS previews (job TEXT PRIMARY KEY, step INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_job ON messages(job);
 """
 
@@ -299,6 +300,33 @@ class SQLiteStore:
         async def tx():
             await self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
             await self.db.executemany("DELETE FROM messages WHERE job=?", [(i,) for i in ids])
+            await self.db.executemany("DELETE FROM previews WHERE job=?", [(i,) for i in ids])
+        await self._write(tx)
+
+    # ---- previews ----
+
+    async def put_preview(self, job_id: str, step: int, data: bytes) -> None:
+        async def tx():
+            job = await self._load(job_id)
+            if job is None or job.state != JobState.RUNNING:
+                return   # finished (or deleted) meanwhile: a late preview is of no use
+            await self.db.execute(
+                "INSERT INTO previews(job, step, data) VALUES(?, ?, ?) "
+                "ON CONFLICT(job) DO UPDATE SET step=excluded.step, data=excluded.data", (job_id, step, data))
+            job.preview_step = step
+            await self._save(job)
+        await self._write(tx)
+
+    async def get_preview(self, job_id: str) -> tuple[int, bytes] | None:
+        async def q():
+            cur = await self.db.execute("SELECT step, data FROM previews WHERE job=?", (job_id,))
+            row = await cur.fetchone()
+            return (int(row[0]), bytes(row[1])) if row else None
+        return await self._retry(q)
+
+    async def drop_preview(self, job_id: str) -> None:
+        async def tx():
+            await self.db.execute("DELETE FROM previews WHERE job=?", (job_id,))
         await self._write(tx)
 
     # ---- chat messages -> jobs ----

@@ -151,6 +151,8 @@ class Worker:
                 await self.process(job)
             finally:
                 self.state = "ready"
+                with contextlib.suppress(Exception):   # its preview is of no use once it has an outcome
+                    await self.store.drop_preview(job.id)
 
     # ---- one job ----
 
@@ -166,7 +168,7 @@ class Worker:
         pump = asyncio.create_task(self._pump(job, progress), name=f"progress-{job.id}")
         t0 = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self._render, job, progress)
+            result = await asyncio.to_thread(self._render, job, progress, asyncio.get_running_loop())
             out = await asyncio.to_thread(self._write_result, job, result)
         except RenderCancelled:
             if progress.lost:
@@ -220,7 +222,7 @@ class Worker:
         log.info("job %s failed: %s", job.id, reason)
         return await self.store.finish(job.id, JobState.FAILED, error=reason)
 
-    def _render(self, job: Job, progress: _Progress):
+    def _render(self, job: Job, progress: _Progress, loop: asyncio.AbstractEventLoop):
         from PIL import Image
 
         presets = self.config.presets
@@ -244,10 +246,32 @@ class Worker:
 
         with Image.open(job.image_path) as im:
             image = im.convert("RGB")
-        return self.renderer.render(
-            image, job.prompt, job.negative_prompt or eng.negative_prompt, presets[job.preset], job.seed,
-            presets, on_step=on_step, should_cancel=self._cancel.is_set, step_hook=step_hook,
-            on_fallback=on_fallback)
+        previews = self._previews(job, loop)
+        try:
+            return self.renderer.render(
+                image, job.prompt, job.negative_prompt or eng.negative_prompt, presets[job.preset], job.seed,
+                presets, on_step=on_step, should_cancel=self._cancel.is_set, step_hook=step_hook,
+                on_fallback=on_fallback, previews=previews)
+        finally:
+            if previews is not None:
+                previews.close()   # the last preview is stored (or refused) before the job's outcome
+
+    def _previews(self, job: Job, loop: asyncio.AbstractEventLoop):
+        """Every `[preview] every_s` seconds a GIF of the clip as it forms, stored beside the job: through
+        the store, so a bot on another machine shows it too."""
+        every_s = self.config.preview.every_s
+        if every_s <= 0:
+            return None
+        from engine.media.preview import preview_gif
+        from engine.render.preview import PreviewTimer
+
+        fps = self.config.presets[job.preset].fps
+
+        def deliver(step: int, frames) -> None:
+            data = preview_gif(frames, fps)
+            asyncio.run_coroutine_threadsafe(self.store.put_preview(job.id, step, data), loop).result(30)
+
+        return PreviewTimer(every_s, deliver)
 
     def _write_result(self, job: Job, result) -> Path:
         from engine.media.video import write_mp4

@@ -13,7 +13,7 @@ import PIL.Image
 from engine.presets import Preset
 from engine.render.memory import OOM_ERRORS, free_memory
 from engine.render.model import ModelParts
-from engine.render.sampler import center_crop_wide, sample
+from engine.render.sampler import PreviewSink, center_crop_wide, sample
 
 
 @dataclass
@@ -56,9 +56,10 @@ class Renderer:
         should_cancel: Callable[[], bool] | None = None,
         step_hook: Callable[[int], None] | None = None,
         on_fallback: Callable[[Preset], None] | None = None,
+        previews: PreviewSink | None = None,
     ) -> RenderResult:
         start = time.perf_counter()
-        hooks = dict(on_step=on_step, should_cancel=should_cancel, step_hook=step_hook)
+        hooks = dict(on_step=on_step, should_cancel=should_cancel, step_hook=step_hook, previews=previews)
         try:
             return self._attempt(image, prompt, negative_prompt, preset, seed, start, False, **hooks)
         except OOM_ERRORS:
@@ -72,7 +73,7 @@ class Renderer:
         return self._attempt(image, prompt, negative_prompt, fallback, seed, start, True, **hooks)
 
     def _attempt(self, image: PIL.Image.Image, prompt: str, negative_prompt: str, preset: Preset, seed: int,
-                 start: float, fell_back: bool, on_step, should_cancel, step_hook) -> RenderResult:
+                 start: float, fell_back: bool, on_step, should_cancel, step_hook, previews) -> RenderResult:
         width, height = preset.size_for(image.width, image.height)
         fitted = center_crop_wide(image, width, height)
         step_seconds: list[float] = []
@@ -89,7 +90,7 @@ class Renderer:
             self.parts, fitted, prompt, negative_prompt,
             steps=preset.steps, scheduler=preset.scheduler, guidance=preset.guidance, frames=preset.frames,
             width=width, height=height, seed=seed, fps=preset.fps,
-            on_step=record_step, should_cancel=should_cancel, step_hook=step_hook,
+            on_step=record_step, should_cancel=should_cancel, step_hook=step_hook, previews=previews,
             decode_chunk_size=self.decode_chunk_for(width, height, preset.frames),
         )
         return RenderResult(

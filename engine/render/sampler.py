@@ -8,6 +8,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import PIL.Image
@@ -15,8 +16,16 @@ import torch
 
 from engine.presets import SCHEDULERS
 from engine.render.model import ModelParts
+from engine.render.preview import clean_estimate
 
 OUTPUTS = ("np", "float", "latent")
+
+
+class PreviewSink(Protocol):
+    """Where previews go (engine.render.preview.PreviewTimer): asked once per step, so `due` must be cheap."""
+
+    def due(self) -> bool: ...
+    def offer(self, step: int, x0: torch.Tensor) -> None: ...
 
 
 class RenderCancelled(Exception):
@@ -45,6 +54,7 @@ def sample(
     decode_chunk_size: int = 8,
     output: str = "np",
     image_latents_generator: torch.Generator | None = None,
+    previews: PreviewSink | None = None,
 ) -> np.ndarray:
     """Render `frames` frames of width x height from an image and a prompt.
 
@@ -55,7 +65,8 @@ def sample(
     last; True raises RenderCancelled.
     Randomness comes only from a generator seeded with `seed`: first the VAE's posterior sample, then the
     starting noise. `latents` replaces the starting noise; `image_latents_generator` replaces the generator for
-    the VAE sample.
+    the VAE sample. `previews`, when given, is asked after each UNet call whether a preview is due, and then
+    handed the step and the current estimate of the clean latents.
     """
     _check_args(parts, scheduler, output, width, height, frames, steps)
     device = parts.device
@@ -104,6 +115,8 @@ def sample(
                 step_hook(i + 1)
             noise_pred = predict_noise(parts, sched, latents, t, text_embeds, fps_tensor, image_latents,
                                        image_embeds, guidance if do_cfg else None)
+            if previews is not None and previews.due():
+                previews.offer(i + 1, clean_estimate(sched, latents, noise_pred, t))
             latents = scheduler_step(sched, noise_pred, t, latents)
             if on_step is not None:
                 sync_device(device)
