@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.config import Config
 from engine.errors import UserError
-from engine.jobs import Cancelled, Done, Failed, FellBack, Job, JobState, Queued, Started, Step
+from engine.jobs import Cancelled, Done, Failed, FellBack, Job, JobState, Preview, Queued, Started, Step
 from engine.queue.service import JobService
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class StatusState:
     fell_back: str = ""
     hints: list[str] = field(default_factory=list)
     final_text: str = ""
+    preview_step: int = 0          # the latest preview of the forming clip (not part of the text)
 
     def render(self, locale: str | None) -> str:
         lines = []
@@ -294,11 +295,13 @@ class JobUI(Protocol):
     upload_limit_bytes: int
     min_edit_interval_s: float
 
-    async def edit_status(self, text: str, buttons: list[Button]) -> None:
-        """Edit the status message; raise RetryLater when told to wait."""
+    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None) -> None:
+        """Edit the status message, with a new preview (an animated GIF) when given; raise RetryLater when
+        told to wait."""
 
     async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button]) -> None:
-        """Replace the status with the result video (or post it); must be safe to retry."""
+        """Post the result video as a new message that notifies its owner, then remove the status; must be
+        safe to retry."""
 
     async def finish(self, text: str) -> None:
         """Final text for a job that did not produce a video (failed, cancelled, too big)."""
@@ -440,7 +443,22 @@ class BotCore:
             if self.metrics:
                 self.metrics.edits.labels(job.platform).inc()
 
-        edits = EditScheduler(lambda text: ui.edit_status(text, cancel), ui.min_edit_interval_s, on_edit)
+        shown_preview = 0
+
+        async def send(payload: tuple[str, int]) -> None:
+            nonlocal shown_preview
+            text, preview_step = payload
+            preview = await self.service.preview(job.id) if preview_step > shown_preview else None
+            try:
+                await ui.edit_status(text, cancel, preview)
+            except RetryLater:
+                # A preview refused by flood control is skipped, not queued: the retried edit is text only,
+                # and the next preview is newer anyway.
+                shown_preview = max(shown_preview, preview_step)
+                raise
+            shown_preview = max(shown_preview, preview_step)
+
+        edits = EditScheduler(send, ui.min_edit_interval_s, on_edit)
         try:
             async for event in self.service.events(job.id):
                 if isinstance(event, Queued):
@@ -454,6 +472,8 @@ class BotCore:
                 elif isinstance(event, Step):
                     state.phase, state.step, state.total = "rendering", event.step, event.total
                     state.eta_s, state.elapsed_s = event.eta_s, event.elapsed_s
+                elif isinstance(event, Preview):
+                    state.preview_step = event.step
                 elif isinstance(event, FellBack):
                     state.fell_back = event.preset
                 if isinstance(event, (Done, Failed, Cancelled)) and self.metrics:
@@ -473,7 +493,7 @@ class BotCore:
                 # rarely, so a busy queue does not spend the platform's rate limit on position changes.
                 deep = state.phase == "queued" and state.position > QUEUE_DETAIL_POSITIONS
                 edits.min_interval_s = max(ui.min_edit_interval_s, DEEP_QUEUE_EDIT_INTERVAL_S if deep else 0)
-                edits.update(state.render(locale))
+                edits.update((state.render(locale), state.preview_step))
         except UserError as exc:   # the job vanished (forgotten, expired)
             log.info("stopped following job %s: %s", job.id, exc)
         except asyncio.CancelledError:

@@ -40,6 +40,8 @@ from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
 from tests.harness import TINY_PRESETS, make_config, photo_bytes, write_config  # noqa: E402
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+FOLLOWUP = r"/webhooks/\d+/[^/]+$"        # results are new messages (followups), which notify their owner
+STATUS_EDITS = ("editMessageText", "editMessageCaption", "editMessageMedia")
 
 
 def fakes_process(conn, users: int, jobs_per_user: int) -> None:
@@ -71,7 +73,7 @@ async def _fakes(conn, users: int, jobs_per_user: int) -> None:
         conn.send({"sent": len(interactions) + len(photos)})
         await recv()  # every job is final and delivered
         # What each user saw: one upload (or one final error) per job, on each platform.
-        uploads = [r for r in dfake.requests_matching("PATCH", ORIGINAL) if r.files and r.status < 300]
+        uploads = [r for r in dfake.requests_matching("POST", FOLLOWUP) if r.files and r.status < 300]
         d_results = [sum(1 for r in uploads if inter.token in r.path) for inter in interactions]
         t_results = []
         for sent in photos:
@@ -81,7 +83,8 @@ async def _fakes(conn, users: int, jobs_per_user: int) -> None:
             errors = [c for c in replies("sendMessage") if c.params.get("text", "").startswith(("❌", "🚫"))]
             t_results.append(len(replies("sendVideo")) + len(errors))
         conn.send({"discord": sorted(set(d_results)), "telegram": sorted(set(t_results)),
-                   "edits": len(dfake.requests_matching("PATCH", ORIGINAL)) + len(tfake.calls_to("editMessageText"))})
+                   "edits": len(dfake.requests_matching("PATCH", ORIGINAL))
+                   + sum(len(tfake.calls_to(m)) for m in STATUS_EDITS)})
 
 
 def progress(db_path: str) -> tuple[int, int]:

@@ -78,7 +78,9 @@ async def test_bot_process_serves_both_platforms_restarts_its_worker_and_never_l
             att = dfake.add_attachment("photo.png", photo_bytes(), "image/png")
             inter = await dfake.slash_command("animate", [{"name": "image", "value": att},
                                                           {"name": "prompt", "value": "waves rolling"}])
-            await dfake.wait_for(lambda: inter.original_message and inter.original_message.attachments, 60)
+            # The result is a new message (a followup), so its owner's phone is notified.
+            await dfake.wait_for(lambda: any(dfake.messages[i].attachments for i in inter.followup_ids
+                                             if i in dfake.messages), 60)
         finally:
             bot.send_signal(signal.SIGTERM)
             code = bot.wait(60)

@@ -27,12 +27,15 @@ class RecordingUI:
         self.min_edit_interval_s = interval
         self.upload_limit_bytes = upload_limit
         self.edits: list[tuple[float, str]] = []
+        self.previews: list[bytes] = []
         self.delivered: list[tuple[Path, str, list]] = []
         self.finished: list[str] = []
         self.done = asyncio.Event()
 
-    async def edit_status(self, text, buttons):
+    async def edit_status(self, text, buttons, preview=None):
         self.edits.append((time.monotonic(), text))
+        if preview is not None:
+            self.previews.append(preview)
 
     async def deliver(self, job, video, caption, buttons):
         self.delivered.append((video, caption, [b.action for b in buttons]))

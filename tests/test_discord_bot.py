@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import discord
 import pytest
+from PIL import Image
 
 from bot.core import t
 from bot.discord.app import DiscordFrontEnd
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PROMPT = "a cat turning its head"
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/(@original|\d+)$"
+FOLLOWUP = r"/webhooks/\d+/[^/]+$"
 
 
 @pytest.fixture
@@ -89,10 +92,23 @@ async def animate(fake: FakeDiscord, prompt: str = PROMPT, *, command: str = "an
     return await fake.slash_command(command, opts, user_id=user_id, locale=locale)
 
 
+def has_video(message: StoredMessage | None) -> bool:
+    return message is not None and not message.deleted and any(
+        a["filename"].endswith(".mp4") for a in message.attachments)
+
+
+def result_message(fake: FakeDiscord, interaction: InteractionRecord) -> StoredMessage | None:
+    """A job's result: a new message with the MP4 (a followup, or a channel message once the token is gone),
+    or the status message itself where the channel refused the bot."""
+    followups = [fake.messages[i] for i in interaction.followup_ids if i in fake.messages]
+    status = interaction.original_message
+    job_ids = {c.split(":")[2] for m in ([status] if status else []) for c in m.custom_ids_ever()}
+    posted = [m for m in fake.messages.values() if m.nonce and m.nonce[:-1] in job_ids and m.nonce.endswith("v")]
+    return next((m for m in followups + posted + [status] if has_video(m)), None)
+
+
 async def result_of(fake: FakeDiscord, interaction: InteractionRecord, timeout: float = 30) -> StoredMessage:
-    await fake.wait_for(lambda: interaction.original_message and interaction.original_message.attachments,
-                        timeout)
-    return interaction.original_message
+    return await fake.wait_for(lambda: result_message(fake, interaction), timeout)
 
 
 def shows(interaction: InteractionRecord, prefix: str) -> bool:
@@ -150,15 +166,18 @@ async def test_animate_defers_edits_progress_and_delivers_an_mp4(tmp_path, fake,
         job = await delivered_job(bot.stack, job_id_of(result))
         assert job.state == JobState.DONE and job.user == f"discord:{fake.user_id}"
 
-        edits = fake.requests_matching("PATCH", ORIGINAL)
-        progress, [upload] = edits[:-1], edits[-1:]
+        progress = fake.requests_matching("PATCH", ORIGINAL)
+        [upload] = fake.requests_matching("POST", FOLLOWUP)
         assert len(progress) >= 3 and upload.files and all(not r.files for r in progress)
+        # The result is a new message (an edit would notify nobody); the status message is then deleted.
+        assert result.id != interaction.original_message_id and result.id in interaction.followup_ids
+        await fake.wait_for(lambda: interaction.original_message.deleted)
         assert any("Step 1/2" in r.json["content"] or "Step 2/2" in r.json["content"] for r in progress)
         # Progress edits are throttled to the configured interval and carry the Cancel button.
         assert all(b.time - a.time >= 0.14 for a, b in zip(progress, progress[1:]))
         assert all(pinged(r) == ([], []) for r in progress)
-        status = result.history[-1]
-        assert status["components"][0]["components"][0]["custom_id"] == f"anim:cancel:{job.id}"
+        status = interaction.original_message
+        assert status.component_custom_ids() == [f"anim:cancel:{job.id}"]
 
         # The result mentions its owner and nobody else, even with @everyone in the prompt.
         assert result.content.startswith(f"🎞️ <@{fake.user_id}>") and "@everyone" in result.content
@@ -344,11 +363,11 @@ async def test_server_errors_on_the_result_upload_deliver_it_once(tmp_path, fake
         await bot.stack.service.pause()
         interaction = await animate(fake)
         await fake.wait_for_request("PATCH", ORIGINAL)
-        fake.fail_next("PATCH", ORIGINAL, status=500)
+        fake.fail_next("POST", FOLLOWUP, status=500, times=6)   # past discord.py's own retries: ours too
         await bot.stack.service.resume()
         result = await result_of(fake, interaction)
-        failed, uploaded = [r for r in fake.requests_matching("PATCH", ORIGINAL) if r.files]
-        assert (failed.status, uploaded.status) == (500, 200) and failed.files == uploaded.files
+        tries = fake.requests_matching("POST", FOLLOWUP)
+        assert [r.status for r in tries] == [500] * 6 + [200] and tries[0].files == tries[-1].files
         assert len(result.attachments) == 1 and len(fake.files) == 2   # the photo and one video
 
     # After the token: the retried channel post carries the same nonce, so no second message appears.
@@ -455,3 +474,46 @@ async def test_the_bot_token_stays_out_of_the_logs_and_a_bad_one_fails_start(tmp
             await front.start()
     assert "Shard ID None has connected" in caplog.text   # discord.py's DEBUG/INFO lines were captured
     assert fake.token not in caplog.text and "not-the-token" not in caplog.text
+
+
+# ---------------------------------------------------------------- previews and the result's notification
+
+
+async def test_previews_replace_the_status_attachment_while_the_clip_forms(tmp_path, fake, tiny_parts):
+    config = bot_config(tmp_path, fake, {"edit_interval_s": 0.2}, engine={"step_delay_s": 0.3},
+                        presets={"quick": {"steps": 10}}, preview={"every_s": 0.5})
+    async with running_bot(config, fake, tiny_parts) as bot:
+        interaction = await animate(fake)
+        result = await result_of(fake, interaction)
+        with_preview = [r for r in fake.requests_matching("PATCH", ORIGINAL) if r.files]
+        assert len(with_preview) >= 2
+        for request in with_preview:
+            [(_, gif)] = request.files
+            assert [a["filename"] for a in request.json["attachments"]] == ["preview.gif"]
+            with Image.open(io.BytesIO(gif)) as im:
+                assert im.format == "GIF" and im.n_frames == 4 and max(im.size) == 256
+        # Each preview replaced the last one in place: the status carried one attachment at a time.
+        revisions = interaction.original_message.history
+        assert max(len(r["attachments"]) for r in revisions) == 1
+        assert has_video(result) and result.id != interaction.original_message_id
+        await delivered_job(bot.stack, job_id_of(result))
+
+
+async def test_a_channel_that_refuses_the_bot_gets_the_result_in_the_status_message(tmp_path, fake, tiny_parts,
+                                                                                    caplog):
+    config = bot_config(tmp_path, fake, {"interaction_ttl_s": 0})   # results go to the channel
+    async with running_bot(config, fake, tiny_parts) as bot:
+        await bot.stack.service.pause()
+        interaction = await animate(fake)
+        channel = rf"^/channels/{fake.channel_id}/messages$"
+        await fake.wait_for_request("POST", channel)   # the status message
+        fake.fail_next("POST", channel, status=403, times=10)   # no Send Messages / Attach Files any more
+        await bot.stack.service.resume()
+        status = await fake.wait_for(lambda: next((m for m in fake.messages.values()
+                                                   if m.nonce and m.nonce.endswith("s0") and has_video(m)), None), 30)
+        check_mp4(fake, status, tmp_path)
+        assert status.content.startswith(f"🎞️ <@{fake.user_id}>") and not status.deleted
+        job = await delivered_job(bot.stack, job_id_of(status))
+        assert job.state == JobState.DONE
+        refusals = [r for r in caplog.records if "refuses the bot" in r.getMessage()]
+        assert len(refusals) == 1

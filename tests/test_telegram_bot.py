@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bot.core import BotCore, t
 from bot.telegram import commands as telegram_commands
@@ -42,12 +44,33 @@ class Env:
         return await self.fake.wait_for(lambda: _enough(self.fake.calls_to("sendVideo"), count), timeout)
 
     async def replies(self, message, count: int = 1, timeout: float = 10) -> list[Call]:
-        """Successful sendMessage calls that reply to `message`."""
+        """Successful sendMessage and sendPhoto (a job's status) calls that reply to `message`, in order."""
         def found():
-            calls = [c for c in self.fake.calls_to("sendMessage", message.chat_id)
-                     if (c.params.get("reply_parameters") or {}).get("message_id") == message.message_id]
+            calls = [c for c in self.fake.calls if c.method in ("sendMessage", "sendPhoto")
+                     and str(c.params.get("chat_id")) == str(message.chat_id)
+                     and (c.params.get("reply_parameters") or {}).get("message_id") == message.message_id]
             return _enough(calls, count)
         return await self.fake.wait_for(found, timeout)
+
+    def status_edits(self, chat_id: int) -> list[Call]:
+        """Edits of status messages (photos: caption edits and preview media edits), in order."""
+        return [c for c in self.fake.calls if c.method in STATUS_EDITS and str(c.params.get("chat_id")) == str(chat_id)]
+
+
+STATUS_EDITS = ("editMessageCaption", "editMessageMedia")
+
+
+def shown(call: Call) -> str:
+    """The text a sent or edited message shows: its text, or a media message's caption (for a media edit, the
+    new media's)."""
+    media = call.params.get("media")
+    if isinstance(media, dict):
+        return media.get("caption") or ""
+    return call.params.get("text") or call.params.get("caption") or ""
+
+
+def text_of(message) -> str | None:
+    return message.text if message.text is not None else message.caption
 
 
 async def eventually(check, timeout: float = 10.0):
@@ -116,7 +139,7 @@ async def test_captioned_photo_becomes_a_video_reply_in_the_users_language(tmp_p
         [upload] = await env.videos()
         [status_call] = await env.replies(sent)
         [job] = await env.jobs()
-        assert "下一个就是你" in status_call.params["text"] or "排队中" in status_call.params["text"]
+        assert "下一个就是你" in shown(status_call) or "排队中" in shown(status_call)
         assert status_call.params["reply_markup"]["inline_keyboard"] == [
             [{"text": "取消", "callback_data": f"anim:cancel:{job.id}"}]]
         assert fake.downloads == [sent.photo[-1].file_path]   # the largest size, downloaded once
@@ -176,7 +199,7 @@ async def test_album_animates_the_first_photo_and_says_so(tmp_path, tiny_parts):
         [upload] = await env.videos()
         assert replied_to(upload) == album[0].message_id
         replies = await env.replies(album[0], count=2)
-        assert t("en", "errors.album") in [c.params["text"] for c in replies]
+        assert t("en", "errors.album") in [shown(c) for c in replies]
         assert fake.downloads == [album[0].photo[-1].file_path]
         assert len(await env.jobs()) == 1
 
@@ -254,7 +277,7 @@ async def test_cancel_button_answers_everyone_and_stops_the_job(tmp_path, tiny_p
         sent = fake.send_photo(group, alice, photo_bytes(), caption="/animate a cat")
         [status_call] = await env.replies(sent)
         status = fake.message(group.id, status_call.result["message_id"])
-        await fake.wait_for(lambda: "Step" in (status.text or ""), timeout=20)
+        await fake.wait_for(lambda: "Step" in (text_of(status) or ""), timeout=20)
         [data] = status.callback_data()
 
         stranger = fake.press_button(group, bob, status, data)
@@ -263,7 +286,7 @@ async def test_cancel_button_answers_everyone_and_stops_the_job(tmp_path, tiny_p
         owner = fake.press_button(group, alice, status, data)
         await fake.wait_for(lambda: owner.answered)
         assert owner.answer["text"] == "🚫 Cancelled."
-        await fake.wait_for(lambda: status.text == "🚫 Cancelled." and not status.buttons(), timeout=10)
+        await fake.wait_for(lambda: text_of(status) == "🚫 Cancelled." and not status.buttons(), timeout=10)
         [job] = await env.jobs()
         assert job.state == JobState.CANCELLED and fake.calls_to("sendVideo") == []
 
@@ -375,7 +398,7 @@ async def test_commands_queue_cancel_help_admin_and_allow_list(tmp_path, tiny_pa
                 assert await stack.service.paused()
                 photo = fake.send_photo(team, user, photo_bytes(), caption="/animate a cat")
                 [status] = await env.replies(photo)
-                assert t("zh", "status.paused") in status.params["text"]
+                assert t("zh", "status.paused") in shown(status)
                 assert "渲染中" not in await say(team, user, "/queue")
                 assert await say(team, user, "/cancel") == t("zh", "status.cancelled")
                 assert await say(team, admin, "/resume") == t("en", "admin.resumed")
@@ -409,7 +432,7 @@ async def test_animation_uploads_and_videos_too_big_to_send(tmp_path, tiny_parts
             assert (p["width"], p["height"], p["duration"]) == (64, 64, 1) and "Alice" in p["caption"]
             assert replied_to(upload) == sent.message_id and fake.calls_to("sendVideo") == []
         else:
-            await fake.wait_for(lambda: status.text == t("en", "status.too_big"), 30)
+            await fake.wait_for(lambda: text_of(status) == t("en", "status.too_big"), 30)
             assert fake.calls_to("sendVideo") == [] and not status.buttons()
 
 
@@ -449,7 +472,7 @@ async def test_uploads_are_retried_with_at_most_one_duplicate(tmp_path, tiny_par
         await env.videos(5, timeout=30)   # both copies arrive late
         [status_call] = await env.replies(third)
         status = fake.message(chat.id, status_call.result["message_id"])
-        await fake.wait_for(lambda: status.text == t("en", "status.delivering"), 10)
+        await fake.wait_for(lambda: text_of(status) == t("en", "status.delivering"), 10)
         await asyncio.sleep(0.5)
         assert [c.status for c in fake.calls_to("sendVideo")] == [500] + [200] * 5
         jobs = sorted(await env.jobs(), key=lambda j: j.created_at)
@@ -465,10 +488,10 @@ async def test_flood_wait_on_an_edit_is_waited_out(tmp_path, tiny_parts):
         fake = env.fake
         alice = fake.user("Alice")
         chat = fake.private_chat(alice)
-        fake.fail_next("editMessageText", status=429, retry_after=1)
+        fake.fail_next("editMessageCaption", status=429, retry_after=1)
         fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
         await env.videos()
-        edits = fake.calls_to("editMessageText", chat.id)
+        edits = env.status_edits(chat.id)
         assert edits[0].status == 429
         after = [c for c in edits[1:] if c.ok]
         assert after and after[0].time - edits[0].time >= 1.0
@@ -484,7 +507,7 @@ async def test_edits_in_a_group_stay_apart_across_jobs(tmp_path, tiny_parts):
         for name in ("Ann", "Ben", "Cy"):
             fake.send_photo(group, fake.user(name), photo_bytes(), caption=f"/animate {name}'s cat")
         await env.videos(3, timeout=60)
-        times = sorted(c.time for c in fake.calls_to("editMessageText", group.id))
+        times = sorted(c.time for c in env.status_edits(group.id))
         assert len(times) >= 3
         gaps = [b - a for a, b in zip(times, times[1:])]
         assert min(gaps) >= 1.0, gaps
@@ -510,8 +533,8 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
             await first.close()
             assert (await stack.service.store.jobs())[0].state == JobState.QUEUED
             tips = t("en", "status.hints_title")
-            assert tips in status.params["text"]   # "a cat" says nothing of motion
-            edits_before = len(fake.calls_to("editMessageText"))
+            assert tips in shown(status)   # "a cat" says nothing of motion
+            edits_before = len(fake.calls)
 
             core = BotCore(config, stack.service)
             second = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
@@ -521,8 +544,8 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
             try:
                 [upload] = await Env(fake, stack, second).videos()
                 assert replied_to(upload) == sent.message_id and "Alice" in upload.params["caption"]
-                edits = fake.calls_to("editMessageText")[edits_before:]
-                assert edits and all(tips in c.params["text"] for c in edits)   # the tips survive the restart
+                edits = [c for c in fake.calls[edits_before:] if c.method in STATUS_EDITS]
+                assert edits and all(tips in shown(c) for c in edits)   # the tips survive the restart
                 await fake.wait_for(lambda: fake.message(chat.id, status.result["message_id"]).deleted)
                 await settle(stack)
                 result = fake.message(chat.id, upload.result["message_id"])
@@ -534,3 +557,58 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
                 worker.stop()
                 await asyncio.wait_for(task, 30)
         assert fake.unknown_methods == [] and fake.server_errors == []
+
+
+# ---------------------------------------------------------------- previews
+
+
+def preview_edits(env: Env, chat_id: int) -> list[Call]:
+    return [c for c in env.status_edits(chat_id) if c.method == "editMessageMedia"]
+
+
+async def test_the_status_starts_as_the_photo_and_previews_replace_it_while_rendering(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.3}, presets={"quick": {"steps": 10}},
+                            preview={"every_s": 0.6}) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+        sent = fake.send_document(chat, alice, photo_bytes(900, 600), "photo.png", mime_type="image/png",
+                                  caption="/animate a cat turning its head")
+        [upload] = await env.videos()
+        [status_call] = await env.replies(sent)
+        # The first status is the bot's own small copy of the photo (sent as a document here), captioned.
+        assert status_call.method == "sendPhoto" and shown(status_call).startswith("⏳")
+        photo = status_call.files["photo"]
+        with Image.open(io.BytesIO(photo.data)) as im:
+            assert im.format == "JPEG" and im.size == (512, 341)
+        previews = [c for c in preview_edits(env, chat.id) if c.ok]
+        assert len(previews) >= 2
+        for call in previews:
+            media = call.params["media"]
+            assert media["type"] == "animation" and "Step" in media["caption"]
+            gif = next(iter(call.files.values())).data
+            with Image.open(io.BytesIO(gif)) as im:
+                assert im.format == "GIF" and im.n_frames == 4 and max(im.size) == 256
+        status = fake.message(chat.id, status_call.result["message_id"])
+        assert status.animation is not None   # the photo became the latest preview
+        # The result is a new video replying to the user's message; the status is then deleted.
+        assert replied_to(upload) == sent.message_id
+        await fake.wait_for(lambda: fake.message(chat.id, status_call.result["message_id"]).deleted)
+
+
+async def test_previews_under_flood_control_are_skipped_and_the_video_is_not_delayed(tmp_path, tiny_parts):
+    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.2}, presets={"quick": {"steps": 6}},
+                            preview={"every_s": 0.3}) as env:
+        fake = env.fake
+        alice = fake.user("Alice")
+        chat = fake.private_chat(alice)
+        # Told to wait two minutes: longer than this test may take, so a video queued behind it would fail.
+        fake.fail_next("editMessageMedia", status=429, retry_after=120, times=50)
+        fake.send_photo(chat, alice, photo_bytes(), caption="/animate a cat")
+        [upload] = await env.videos(timeout=50)
+        [job] = await env.jobs()
+        refused = preview_edits(env, chat.id)
+        assert len(refused) == 1 and refused[0].status == 429   # skipped while told to wait, not queued
+        assert upload.time - refused[0].time < 60
+        assert replied_to(upload) is not None
+        assert await eventually(lambda: _delivered(env, job.id))

@@ -92,6 +92,13 @@ class DiscordFrontEnd:
         self._http: aiohttp.ClientSession | None = None
         self._saved_urls: tuple[str, yarl.URL] | None = None
         self.synced = False
+        self._refusing_channels: set[int] = set()
+
+    def warned_refusal(self, channel_id: int) -> bool:
+        """Whether a channel's refusal (403) was already logged; records it for next time."""
+        seen = channel_id in self._refusing_channels
+        self._refusing_channels.add(channel_id)
+        return seen
 
     # ---- lifecycle ----
 

@@ -2,13 +2,20 @@
 and the `StatusMessage` that edits it while the job runs and turns it into the result video.
 
 Edits go to the interaction response while its token lives; once the token is about to expire (15 min) or
-Discord says it is gone, the job continues in an ordinary channel message sent with the bot token.
+Discord says it is gone, the job continues in an ordinary channel message sent with the bot token. The latest
+preview of the forming clip is the status message's attachment, replaced in place.
+
+An edit never notifies anyone, so the finished video is a new message that mentions its owner (a push on their
+phone): an interaction followup while the token lives (no channel permissions needed), else a channel message
+with a stable nonce. Only if the channel refuses the bot (403) does the status message itself become the
+result. Otherwise the status message is deleted once the result is up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import time
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot.discord")
 
+PREVIEW_NAME = "preview.gif"
+
 
 @dataclass
 class StatusRef:
@@ -44,6 +53,7 @@ class StatusRef:
     limit: int = 10_485_760         # upload limit in bytes
     channel_message: int = 0        # the bot's own channel message once the token is gone
     posts: int = 0                  # channel status messages posted (each gets its own nonce)
+    result: int = 0                 # the result message, once posted (a retried delivery skips the post)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -101,27 +111,38 @@ class StatusMessage:
 
     # ---- JobUI ----
 
-    async def edit_status(self, text: str, buttons: list[Button]) -> None:
-        await self._show(content=shorten(text, MAX_CONTENT), view=job_view(buttons), allowed_mentions=NO_MENTIONS)
+    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None) -> None:
+        fields: dict[str, Any] = dict(content=shorten(text, MAX_CONTENT), view=job_view(buttons),
+                                      allowed_mentions=NO_MENTIONS)
+        if preview is not None:   # replaces the previous preview; edits without one keep it
+            fields["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]
+        await self._show(**fields)
 
     async def finish(self, text: str) -> None:
-        await self._show(content=shorten(text, MAX_CONTENT), view=None, allowed_mentions=NO_MENTIONS)
+        await self._show(content=shorten(text, MAX_CONTENT), view=None, allowed_mentions=NO_MENTIONS,
+                         attachments=[])
 
     async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button]) -> None:
         owner = owner_of(job)
-        fields = dict(
+        fields: dict[str, Any] = dict(
             content=shorten(self.front.core.caption(job, self.locale, mention=f"<@{owner}>"), MAX_CONTENT),
             view=job_view(buttons),
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(owner)]),
         )
         filename = f"{job.id}.mp4"
-        if self._token_alive():
+        if not self.ref.result:
             try:
-                await self._token_edit(attachments=[discord.File(video, filename=filename)], **fields)
+                self.ref.result = await self._post_result(discord.File(video, filename=filename), fields)
+            except discord.Forbidden as exc:
+                # No Send Messages / Attach Files here: the status message (which needs neither) becomes
+                # the result. It cannot notify, so say why once.
+                if not self.front.warned_refusal(self.ref.channel):
+                    log.warning("discord: channel %s refuses the bot (%s); results there are edits of the "
+                                "status message and notify nobody", self.ref.channel, exc.text or exc.status)
+                await self._show(attachments=[discord.File(video, filename=filename)], **fields)
                 return
-            except TokenGone:
-                await self._token_expired()
-        await self._post_result(discord.File(video, filename=filename), fields)
+            await self._save_ref()
+        await self._delete_status()
 
     # ---- where edits go ----
 
@@ -145,8 +166,7 @@ class StatusMessage:
                 if self._interaction is not None:
                     await self._interaction.edit_original_response(**fields)
                 else:
-                    webhook = discord.Webhook.partial(self.ref.app, self.ref.token, client=self.front.client)
-                    await webhook.edit_message(self.ref.message, **fields)
+                    await self._webhook().edit_message(self.ref.message, **fields)
         except discord.HTTPException as exc:
             if exc.status in (401, 404):   # 50027 Invalid Webhook Token, 10008 Unknown Message
                 raise TokenGone() from exc
@@ -167,19 +187,48 @@ class StatusMessage:
                 except discord.NotFound:   # deleted by someone: post a fresh one
                     self.ref.channel_message, self.ref.posts = 0, self.ref.posts + 1
             send = {k: v for k, v in fields.items() if v is not None}
+            if "attachments" in send:   # a new message takes files, not an attachment list
+                files = send.pop("attachments")
+                if files:
+                    send["files"] = files
             message = await channel.send(nonce=f"{self.job_id}s{self.ref.posts}", **send)
         self.ref.channel_message = message.id
         await self._save_ref()
 
-    async def _post_result(self, file: discord.File, fields: dict[str, Any]) -> None:
-        """A new message that pings the owner; the stable nonce makes a retried post a no-op."""
-        channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+    async def _post_result(self, file: discord.File, fields: dict[str, Any]) -> int:
+        """A new message that pings the owner: a followup while the token lives, else a channel message whose
+        stable nonce makes a retried post return the first one. Returns its id."""
         send = {k: v for k, v in fields.items() if v is not None}
+        if self._token_alive():
+            try:
+                with rate_limited():
+                    message = await self._webhook().send(file=file, wait=True, **send)
+                return message.id
+            except discord.HTTPException as exc:
+                if exc.status not in (401, 404):
+                    raise
+                await self._token_expired()
+            file.reset()
+        channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
         with rate_limited():
-            await channel.send(file=file, nonce=f"{self.job_id}v", **send)
-        if self.ref.channel_message:
-            with contextlib.suppress(discord.HTTPException):
+            posted = await channel.send(file=file, nonce=f"{self.job_id}v", **send)
+        return posted.id
+
+    async def _delete_status(self) -> None:
+        """The status message has done its job once the result is up (a missing one is fine)."""
+        with contextlib.suppress(discord.NotFound, discord.Forbidden), rate_limited():
+            if self.ref.channel_message:
+                channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
                 await channel.get_partial_message(self.ref.channel_message).delete()
+            elif self._token_alive() and self._interaction is not None:
+                await self._interaction.delete_original_response()
+            elif self._token_alive() and self.ref.message:
+                await self._webhook().delete_message(self.ref.message)
+
+    def _webhook(self) -> discord.Webhook:
+        if self._interaction is not None:
+            return self._interaction.followup
+        return discord.Webhook.partial(self.ref.app, self.ref.token, client=self.front.client)
 
     async def _save_ref(self) -> None:
         # Shielded: an edit is cancelled when its job finishes, and a store write cut off halfway would

@@ -10,6 +10,7 @@ The only state is short-lived and in memory: pending asks and the albums already
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -22,11 +23,12 @@ from telegram.error import TimedOut
 from telegram.ext import ContextTypes, filters
 
 from bot.core import Button, JobRequest, RetryLater, StatusState, error_text, t, with_retries
-from bot.telegram.api import PLATFORM, attachment_of, download, reply, send_text
+from bot.telegram.api import PLATFORM, attachment_of, download, reply
 from bot.telegram.components import keyboard
 from bot.telegram.status import StatusMessage
 from engine.errors import UserError
 from engine.jobs import Job
+from engine.media.preview import status_photo
 
 if TYPE_CHECKING:
     from bot.telegram.app import TelegramFrontEnd
@@ -229,9 +231,9 @@ class Commands:
         markup = keyboard([Button("cancel", job.id, t(locale, "buttons.cancel"))], per_row=1)
         try:
             text = await self._first_status(job, locale, hints)
-            sent = await with_retries(lambda: send_text(front.bot, chat_id, text, reply_to_id, reply_markup=markup),
-                                      attempts=3, retry_on=(RetryLater, TimedOut))
-            ui.posted(sent.message_id, text, markup)
+            photo = await asyncio.to_thread(status_photo, job.image_path)
+            await with_retries(lambda: ui.post_photo(photo, text, markup), attempts=3,
+                               retry_on=(RetryLater, TimedOut))
             await ui.save_ref()
         except Exception as exc:   # the job is queued either way: the follower posts what it can
             log.warning("job %s: status message in %s not set up: %s: %s", job.id, chat_id,

@@ -3,6 +3,11 @@ pacing (`ChatPacer`) its edits share with every other job in that chat.
 
 The core decides what the status says and when; this module only edits, replaces and deletes the message.
 Where the messages are is written to the job store (`ref`), so a restarted bot finds them again.
+
+A status starts as a photo (a small copy of the user's image) whose caption is the status text; each preview of
+the forming clip replaces its media with an animation (`editMessageMedia`), and the result is a new video that
+replies to the user's message, after which the status is deleted. A status posted again after a restart
+without one is plain text.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from telegram import InlineKeyboardMarkup
+from telegram import InlineKeyboardMarkup, InputMediaAnimation
 from telegram.error import BadRequest, Forbidden, TelegramError, TimedOut
 
-from bot.core import Button, RetryLater, t
+from bot.core import Button, RetryLater, shorten, t
 from bot.telegram.api import PLATFORM, is_gone, is_not_modified, rate_limited, reply_to, send_text
 from bot.telegram.components import keyboard
 from engine.errors import UserError
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
     from bot.telegram.app import TelegramFrontEnd
 
 log = logging.getLogger("bot.telegram")
+
+CAPTION_LIMIT = 1024        # characters of a media message's caption
+PREVIEW_NAME = "preview.gif"
 
 
 class ChatPacer:
@@ -61,7 +69,8 @@ class StatusMessage:
     """One job's status message in a chat (the `JobUI` of bot.core)."""
 
     def __init__(self, front: TelegramFrontEnd, job_id: str, chat_id: int, reply_to_id: int | None,
-                 locale: str, mention: str, status_id: int | None = None, result_id: int | None = None):
+                 locale: str, mention: str, status_id: int | None = None, result_id: int | None = None,
+                 media: bool = False):
         tg = front.config.telegram
         self.front = front
         self.job_id = job_id
@@ -71,6 +80,7 @@ class StatusMessage:
         self.mention = mention
         self.status_id = status_id
         self.result_id = result_id
+        self.media = media          # the status is a photo or animation: its text is a caption
         self.upload_limit_bytes = tg.upload_limit_bytes
         self.min_edit_interval_s = tg.edit_interval_group_s if chat_id < 0 else tg.edit_interval_private_s
         self._pacer = front.pacer(chat_id, self.min_edit_interval_s)
@@ -82,7 +92,7 @@ class StatusMessage:
 
     def ref(self) -> str:
         data = {"chat": self.chat_id, "status": self.status_id, "reply_to": self.reply_to_id,
-                "name": self.mention, "locale": self.locale}
+                "name": self.mention, "locale": self.locale, "media": self.media}
         if self.result_id:
             data["result"] = self.result_id
         return json.dumps(data, ensure_ascii=False)
@@ -99,11 +109,18 @@ class StatusMessage:
         except (TypeError, ValueError):
             return None
         return cls(front, job.id, chat_id, ref.get("reply_to"), ref.get("locale") or job.locale,
-                   ref.get("name") or job.user_name, ref.get("status"), ref.get("result"))
+                   ref.get("name") or job.user_name, ref.get("status"), ref.get("result"), bool(ref.get("media")))
 
-    def posted(self, status_id: int, text: str, markup: InlineKeyboardMarkup | None) -> None:
+    def posted(self, status_id: int, text: str, markup: InlineKeyboardMarkup | None, media: bool = False) -> None:
         """The status message was sent by the front end showing `text`: the first equal edit is skipped."""
-        self.status_id, self._shown = status_id, (text, markup)
+        self.status_id, self._shown, self.media = status_id, (text, markup), media
+
+    async def post_photo(self, photo: bytes, text: str, markup: InlineKeyboardMarkup | None) -> None:
+        """The first status: the user's photo (small), captioned with the status text."""
+        with rate_limited():
+            sent = await self.front.bot.send_photo(self.chat_id, photo, caption=shorten(text, CAPTION_LIMIT),
+                                                   reply_markup=markup, reply_parameters=reply_to(self.reply_to_id))
+        self.posted(sent.message_id, text, markup, media=True)
 
     async def save_ref(self) -> None:
         service = self.front.core.service
@@ -114,20 +131,19 @@ class StatusMessage:
 
     # ---- JobUI
 
-    async def edit_status(self, text: str, buttons: list[Button]) -> None:
+    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None) -> None:
         markup = keyboard(buttons, per_row=1)
         if self._status_gone:
             return
         if self.status_id is None:   # followed again after a restart without a status message
             await self._post_status(text, markup)
             return
-        if self._shown == (text, markup):
+        if self._shown == (text, markup) and (preview is None or not self.media):
             return
-        bot = self.front.bot
         async with self._pacer.turn():
             try:
                 with rate_limited(self._pacer):
-                    await bot.edit_message_text(text, self.chat_id, self.status_id, reply_markup=markup)
+                    await self._edit(text, markup, preview)
             except BadRequest as exc:
                 if is_gone(exc):
                     self._status_gone = True
@@ -142,7 +158,7 @@ class StatusMessage:
             async with self._pacer.turn():
                 try:
                     with rate_limited(self._pacer):
-                        await self.front.bot.edit_message_text(text, self.chat_id, self.status_id)
+                        await self._edit(text, None, None)
                     return
                 except BadRequest as exc:
                     if is_not_modified(exc):
@@ -163,6 +179,16 @@ class StatusMessage:
         await self._delete_status()
 
     # ---- helpers
+
+    async def _edit(self, text: str, markup: InlineKeyboardMarkup | None, preview: bytes | None) -> None:
+        bot, chat, message = self.front.bot, self.chat_id, self.status_id
+        if not self.media:
+            await bot.edit_message_text(text, chat, message, reply_markup=markup)
+        elif preview is not None:   # a photo becomes an animation; later previews replace it again
+            media = InputMediaAnimation(preview, caption=shorten(text, CAPTION_LIMIT), filename=PREVIEW_NAME)
+            await bot.edit_message_media(media, chat, message, reply_markup=markup)
+        else:
+            await bot.edit_message_caption(chat, message, caption=shorten(text, CAPTION_LIMIT), reply_markup=markup)
 
     async def _post_status(self, text: str, markup: InlineKeyboardMarkup | None) -> None:
         try:

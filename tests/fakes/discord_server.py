@@ -326,6 +326,11 @@ class StoredMessage:
     def component_custom_ids(self) -> list[str]:
         return [c["custom_id"] for c in _walk_components(self.components) if "custom_id" in c]
 
+    def custom_ids_ever(self) -> list[str]:
+        """Custom ids of the components this message has carried, in any revision."""
+        revisions = [h.get("components") or [] for h in self.history] + [self.components]
+        return [c["custom_id"] for r in revisions for c in _walk_components(r) if "custom_id" in c]
+
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": str(self.id),

@@ -311,6 +311,7 @@ class ChatMessage:
     video: StoredFile | None = None
     animation: StoredFile | None = None
     reply_markup: dict[str, Any] | None = None
+    has_spoiler: bool = False
     reply_to: ChatMessage | None = None
     media_group_id: str | None = None
     forward_origin: dict[str, Any] | None = None
@@ -370,6 +371,8 @@ class ChatMessage:
                 data["caption_entities"] = self.caption_entities
         if self.photo:
             data["photo"] = [size.photo_size() for size in self.photo]
+        if self.has_spoiler:
+            data["has_media_spoiler"] = True
         if self.document is not None:
             data["document"] = self.document.document()
         if self.video is not None:
@@ -1156,6 +1159,37 @@ class FakeTelegram:
         message.caption, message.caption_source, message.reply_markup = caption, source, markup
         return self._record_edit(message, "editMessageCaption")
 
+    async def _api_editmessagemedia(
+        self, params: dict[str, Any], files: dict[str, UploadedFile]
+    ) -> dict[str, Any]:
+        """Replace a media message's photo/video/animation/document (a photo may become an animation)."""
+        message = self._editable_message(params)
+        if not message.has_media:
+            raise bad_request("there is no media in the message to edit")
+        media = params.get("media")
+        if isinstance(media, str):
+            media = json.loads(media)
+        if not isinstance(media, dict) or media.get("type") not in ("photo", "video", "animation", "document"):
+            raise bad_request("can't parse InputMedia: media type is invalid")
+        kind = media["type"]
+        upload = media.get("media")
+        if isinstance(upload, str) and upload.startswith("attach://"):
+            upload = files.get(upload[9:])
+        stored = self._media_file(kind, kind + "s", {kind: upload, **media}, {})
+        source = media.get("caption")
+        caption = None if source is None else render(str(source), media.get("parse_mode"))
+        _check_caption(caption)
+        self._check_edit_rate(message.chat_id)
+        message.photo, message.video, message.animation, message.document = [], None, None, None
+        if kind == "photo":
+            message.photo = [stored]
+        else:
+            setattr(message, kind, stored)
+        message.caption, message.caption_source = caption, source
+        message.has_spoiler = bool(media.get("has_spoiler"))
+        message.reply_markup = _reply_markup(params)
+        return self._record_edit(message, "editMessageMedia")
+
     async def _api_editmessagereplymarkup(
         self, params: dict[str, Any], files: dict[str, UploadedFile]
     ) -> dict[str, Any]:
@@ -1256,6 +1290,7 @@ class FakeTelegram:
         else:
             setattr(message, field_name, stored)
         message.caption, message.caption_source, message.reply_markup = caption, source, markup
+        message.has_spoiler = str(params.get("has_spoiler", "")).lower() == "true"
         self._store(message, f"send{field_name.capitalize()}")
         return message.to_api()
 
