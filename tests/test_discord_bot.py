@@ -504,7 +504,7 @@ async def test_a_channel_that_refuses_the_bot_gets_the_result_in_the_status_mess
     config = bot_config(tmp_path, fake, {"interaction_ttl_s": 0})   # results go to the channel
     async with running_bot(config, fake, tiny_parts) as bot:
         await bot.stack.service.pause()
-        interaction = await animate(fake)
+        await animate(fake)
         channel = rf"^/channels/{fake.channel_id}/messages$"
         await fake.wait_for_request("POST", channel)   # the status message
         fake.fail_next("POST", channel, status=403, times=10)   # no Send Messages / Attach Files any more
