@@ -156,3 +156,32 @@ async def test_metrics_count_jobs_and_edits(tmp_path, tiny_parts):
     assert value("animabot_message_edits_total", {"platform": "test"}) >= 1
     assert value("animabot_job_duration_seconds_count", {"preset": "quick"}) == 1
     assert value("animabot_queue_depth") == 0
+
+
+async def test_previews_reach_the_status_and_one_refused_by_flood_control_is_skipped(tmp_path, tiny_parts):
+    config = make_config(tmp_path, engine={"step_delay_s": 0.25}, preview={"every_s": 0.3},
+                         presets={"quick": {"steps": 10}})
+
+    class Flooded(RecordingUI):
+        """Refuses the first preview edit with a short retry-after, as Telegram's flood control would."""
+
+        def __init__(self):
+            super().__init__()
+            self.sent: list[tuple[str, bool]] = []   # (text, carried a preview) of each edit that went out
+            self.refused: str | None = None
+
+        async def edit_status(self, text, buttons, preview=None):
+            if preview is not None and self.refused is None:
+                self.refused = text
+                raise RetryLater(0.4)
+            self.sent.append((text, preview is not None))
+            await super().edit_status(text, buttons, preview)
+
+    async with running_stack(config, tiny_parts) as stack:
+        sub = await stack.core.submit(request())
+        ui = Flooded()
+        await asyncio.wait_for(stack.core.follow(sub.job, ui, sub.hints), 60)
+        assert ui.refused is not None and ui.delivered
+        assert ui.previews and all(p.startswith(b"GIF8") for p in ui.previews)
+        # The refused state never went out again with its preview (skipped, not queued); newer previews did.
+        assert (ui.refused, True) not in ui.sent

@@ -129,7 +129,7 @@ async def test_a_rendering_jobs_previews_reach_its_follower_through_the_store(tm
         await asyncio.sleep(0.2)
         assert await stack.service.preview(job.id) is None   # dropped once the job has its outcome
         final = await stack.service.get(job.id)
-        assert final.state == JobState.DONE and final.preview_step == previews[-1].step
+        assert final.state == JobState.DONE and final.preview_step >= previews[-1].step   # a last one may land with Done
 
 
 async def test_a_preview_for_a_job_that_is_no_longer_rendering_is_refused(tmp_path):

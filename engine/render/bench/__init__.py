@@ -22,6 +22,7 @@ the targets. This is a tool: the worker and the bot never import it (it imports 
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ from engine.render.bench.timing import (
     time_ours,
     time_reference,
     time_unet_calls,
+    time_with_previews,
     unet_call_flops,
 )
 from engine.render.memory import free_memory
@@ -102,9 +104,28 @@ def run_cpu_suite(setup: BenchSetup, repeat: int, report: Report) -> None:
             times[name].append(fn(setup)[0])
     report.add(*format_report(setup, times, outputs).splitlines())
     report.add("", *unet_efficiency_lines(setup))
+    report.add("", *preview_cost_lines(setup, repeat))
     report.add("", f"{'per-job work outside the model (median of ' + str(repeat) + ')':<58}{'ms':>9}")
     for label, seconds in overhead_rows(repeat):
         report.add(f"{label:<58}{1000 * seconds:>9.1f}")
+
+
+PREVIEW_EVERY_S = 3.0   # the shipped [preview] every_s
+
+
+def preview_cost_lines(setup: BenchSetup, repeat: int) -> list[str]:
+    """The same render with previews off and every PREVIEW_EVERY_S, interleaved: what previews cost."""
+    off: list[float] = []
+    on: list[float] = []
+    made: list[int] = []
+    for _ in range(repeat):
+        off.append(time_with_previews(setup, 0)[0])
+        seconds, count = time_with_previews(setup, PREVIEW_EVERY_S)
+        on.append(seconds)
+        made.append(count)
+    a, b = statistics.median(off), statistics.median(on)
+    return [f"previews every {PREVIEW_EVERY_S:g} s (median of {repeat}): off {a:.3f} s, on {b:.3f} s, "
+            f"{100 * (b / a - 1):+.1f}% ({statistics.median(made):g} previews a render)"]
 
 
 def unet_efficiency_lines(setup: BenchSetup) -> list[str]:

@@ -167,3 +167,23 @@ def relative_deviation(out: torch.Tensor, ref: torch.Tensor) -> float:
     """max |out - ref| / max |ref|, in float32."""
     ref = ref.float()
     return float((out.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+
+
+def time_with_previews(setup: BenchSetup, every_s: float) -> tuple[float, int]:
+    """One render as `time_ours`, with the worker's previews every `every_s` s (projected on the sampling
+    thread, encoded to GIF on the preview thread, as the worker does; only the store write is left out).
+    Returns (seconds, previews made)."""
+    from engine.media.preview import preview_gif
+    from engine.render.preview import PreviewTimer
+
+    made: list[int] = []
+    timer = PreviewTimer(every_s, lambda step, frames: made.append(len(preview_gif(frames, setup.fps))))
+    generator = torch.Generator("cpu").manual_seed(IMAGE_NOISE_SEED)
+    seconds, _ = _timed(setup, lambda: sample(
+        setup.parts, setup.image, PROMPT, NEGATIVE, steps=setup.steps, scheduler=setup.scheduler,
+        guidance=setup.guidance, frames=setup.frames, width=setup.width, height=setup.height, seed=0,
+        fps=setup.fps, latents=setup.latents, decode_chunk_size=setup.decode_chunk_size, output="float",
+        image_latents_generator=generator, previews=timer,
+    ))
+    timer.close()
+    return seconds, len(made)
