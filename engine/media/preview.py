@@ -23,7 +23,10 @@ def _fit(size: tuple[int, int], long_side: int) -> tuple[int, int]:
 def preview_gif(frames: np.ndarray, fps: int, long_side: int = PREVIEW_LONG_SIDE) -> bytes:
     """uint8 (F, h, w, 3) frames -> a looping GIF about `long_side` px on its long side, at the clip's rate."""
     size = _fit((frames.shape[2], frames.shape[1]), long_side)
-    images = [Image.fromarray(f).resize(size, Image.Resampling.BILINEAR) for f in frames]
+    # Pillow's default palette search (median cut) took 1.7 s for 16 frames here; the fast octree takes 0.05 s
+    # and dithering adds noise to a picture that is already a rough estimate.
+    images = [Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)
+              .quantize(colors=255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for f in frames]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], loop=0,
                    duration=max(20, round(1000 / max(1, fps))), optimize=False)

@@ -45,7 +45,7 @@ from engine.render.bench.report import (
     unet_row,
     unet_table_header,
 )
-from engine.render.bench.setup import BenchSetup, prepare
+from engine.render.bench.setup import BenchSetup, prepare, resized
 from engine.render.bench.timing import (
     Measurement,
     capture_unet_inputs,
@@ -111,20 +111,26 @@ def run_cpu_suite(setup: BenchSetup, repeat: int, report: Report) -> None:
 
 
 PREVIEW_EVERY_S = 3.0   # the shipped [preview] every_s
+PREVIEW_CPU_SIDE = 256  # the tiny model at 64x64 renders in about a second: too short to see a preview
 
 
 def preview_cost_lines(setup: BenchSetup, repeat: int) -> list[str]:
-    """The same render with previews off and every PREVIEW_EVERY_S, interleaved: what previews cost."""
+    """The same render with previews off and every PREVIEW_EVERY_S, interleaved: what previews cost. On the
+    CPU the render is made larger so that it lasts several preview intervals."""
+    if setup.parts.device.type != "cuda":
+        setup = resized(setup, PREVIEW_CPU_SIDE, PREVIEW_CPU_SIDE)
     off: list[float] = []
     on: list[float] = []
     made: list[int] = []
+    time_with_previews(setup, 0)   # warm-up at the new size (allocator, caches): not counted
     for _ in range(repeat):
         off.append(time_with_previews(setup, 0)[0])
         seconds, count = time_with_previews(setup, PREVIEW_EVERY_S)
         on.append(seconds)
         made.append(count)
     a, b = statistics.median(off), statistics.median(on)
-    return [f"previews every {PREVIEW_EVERY_S:g} s (median of {repeat}): off {a:.3f} s, on {b:.3f} s, "
+    shape = f"{setup.width}x{setup.height}x{setup.frames}, {setup.steps} steps"
+    return [f"previews every {PREVIEW_EVERY_S:g} s ({shape}, median of {repeat}): off {a:.3f} s, on {b:.3f} s, "
             f"{100 * (b / a - 1):+.1f}% ({statistics.median(made):g} previews a render)"]
 
 

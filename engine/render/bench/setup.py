@@ -4,6 +4,7 @@ renders. A fresh-process measurement rebuilds the same setup from the same seeds
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,3 +95,14 @@ def reference_pipeline(parts: ModelParts, scheduler: str):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def resized(setup: BenchSetup, width: int, height: int) -> BenchSetup:
+    """The same model, prompt and settings at another size (its own photo and starting noise)."""
+    parts = setup.parts
+    scale = vae_scale(parts)
+    shape = (1, parts.unet.config.in_channels, setup.frames, height // scale, width // scale)
+    latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(0))
+    return dataclasses.replace(setup, width=width, height=height, image=warm_image(width, height),
+                               latents=latents.to(parts.device, parts.dtype),
+                               decode_chunk_size=production_decode_chunk(parts, width, height, setup.frames))
