@@ -167,3 +167,13 @@ def test_generate_writes_previews_to_a_folder(tmp_path):
     size, count, _ = gif_frames(files[-1].read_bytes())
     assert count == 4 and size == (256, 192)   # the photo's 4:3 orientation kept
     assert '"preview"' in out.stdout
+
+
+def test_a_picture_turned_into_latents_by_the_inverse_projection_comes_back_upright():
+    """Orientation and colour order: latents made from a photo through the factors' pseudo-inverse project back
+    to that photo (a swapped axis or channel would not)."""
+    photo = np.asarray(make_photo(64, 48)).astype(np.float32)
+    latents = (photo.reshape(-1, 3) / 127.5 - 1) @ np.linalg.pinv(np.array(LATENT_RGB_FACTORS))
+    x0 = torch.tensor(latents.reshape(48, 64, 4).transpose(2, 0, 1)[None, :, None]).float()   # (1, 4, 1, h, w)
+    back = latents_to_rgb(x0)[0].astype(np.float32)
+    assert back.shape == photo.shape and np.abs(back - photo).mean() < 1.0

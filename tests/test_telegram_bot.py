@@ -585,7 +585,7 @@ async def test_the_status_starts_as_the_photo_and_previews_replace_it_while_rend
         assert len(previews) >= 2
         for call in previews:
             media = call.params["media"]
-            assert media["type"] == "animation" and "Step" in media["caption"]
+            assert media["type"] == "animation" and media["caption"].startswith("🎬")   # the status text
             gif = next(iter(call.files.values())).data
             with Image.open(io.BytesIO(gif)) as im:
                 assert im.format == "GIF" and im.n_frames == 4 and max(im.size) == 256
