@@ -567,14 +567,14 @@ def preview_edits(env: Env, chat_id: int) -> list[Call]:
 
 
 async def test_the_status_starts_as_the_photo_and_previews_replace_it_while_rendering(tmp_path, tiny_parts):
-    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.3}, presets={"quick": {"steps": 10}},
-                            preview={"every_s": 0.6}) as env:
+    async with telegram_bot(tmp_path, tiny_parts, engine={"step_delay_s": 0.2}, presets={"quick": {"steps": 6}},
+                            preview={"every_s": 0.4}) as env:
         fake = env.fake
         alice = fake.user("Alice")
         chat = fake.private_chat(alice)
         sent = fake.send_document(chat, alice, photo_bytes(900, 600), "photo.png", mime_type="image/png",
                                   caption="/animate a cat turning its head")
-        [upload] = await env.videos()
+        [upload] = await env.videos(timeout=60)
         [status_call] = await env.replies(sent)
         # The first status is the bot's own small copy of the photo (sent as a document here), captioned.
         assert status_call.method == "sendPhoto" and shown(status_call).startswith("⏳")
