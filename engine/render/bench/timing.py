@@ -15,7 +15,7 @@ import torch
 
 from engine.render.bench.setup import IMAGE_NOISE_SEED, NEGATIVE, PROMPT, BenchSetup
 from engine.render.model import ModelParts, full_configs
-from engine.render.sampler import sample, sync_device
+from engine.render.sampler import PreviewSink, sample, sync_device
 
 UNET_SAMPLE_CALLS = 5
 
@@ -26,13 +26,14 @@ Measurement = Callable[[BenchSetup], tuple[float, np.ndarray]]
 # ---------------------------------------------------------------- end-to-end renders
 
 
-def time_ours(setup: BenchSetup, steps: int | None = None) -> tuple[float, np.ndarray]:
+def time_ours(setup: BenchSetup, steps: int | None = None, previews: PreviewSink | None = None
+              ) -> tuple[float, np.ndarray]:
     generator = torch.Generator("cpu").manual_seed(IMAGE_NOISE_SEED)
     return _timed(setup, lambda: sample(
         setup.parts, setup.image, PROMPT, NEGATIVE, steps=steps or setup.steps, scheduler=setup.scheduler,
         guidance=setup.guidance, frames=setup.frames, width=setup.width, height=setup.height, seed=0,
         fps=setup.fps, latents=setup.latents, decode_chunk_size=setup.decode_chunk_size, output="float",
-        image_latents_generator=generator,
+        image_latents_generator=generator, previews=previews,
     ))
 
 
@@ -178,12 +179,6 @@ def time_with_previews(setup: BenchSetup, every_s: float) -> tuple[float, int]:
 
     made: list[int] = []
     timer = PreviewTimer(every_s, lambda step, frames: made.append(len(preview_gif(frames, setup.fps))))
-    generator = torch.Generator("cpu").manual_seed(IMAGE_NOISE_SEED)
-    seconds, _ = _timed(setup, lambda: sample(
-        setup.parts, setup.image, PROMPT, NEGATIVE, steps=setup.steps, scheduler=setup.scheduler,
-        guidance=setup.guidance, frames=setup.frames, width=setup.width, height=setup.height, seed=0,
-        fps=setup.fps, latents=setup.latents, decode_chunk_size=setup.decode_chunk_size, output="float",
-        image_latents_generator=generator, previews=timer,
-    ))
+    seconds, _ = time_ours(setup, previews=timer)
     timer.close()
     return seconds, len(made)
