@@ -21,8 +21,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.config import Config
 from engine.errors import UserError
-from engine.jobs import Cancelled, Done, Failed, FellBack, Job, JobState, Preview, Queued, Started, Step
+from engine.jobs import (
+    Cancelled,
+    Done,
+    Failed,
+    FellBack,
+    Flagged,
+    Job,
+    JobState,
+    Preview,
+    Queued,
+    Started,
+    Step,
+)
 from engine.queue.service import JobService
+from engine.safety import SAFETY_REASONS, Rule, bot_gate, placement
 
 if TYPE_CHECKING:
     from engine.queue.metrics import Metrics
@@ -284,7 +297,8 @@ class JobRequest:
     negative_prompt: str = ""
     camera: str | None = None
     speed: str | None = None
-    scope: str | None = None         # server / group id for its word list
+    scope: str | None = None         # server / chat id (its word list, the audit log); None in a Discord DM
+    safety_rule: Rule = "withhold"   # where flagged content may go from this chat (engine/safety.py)
     subject: str | None = None       # the template's slots, when the user filled them apart from the prompt
     environment: str | None = None
 
@@ -295,13 +309,18 @@ class JobUI(Protocol):
     upload_limit_bytes: int
     min_edit_interval_s: float
 
-    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None) -> None:
-        """Edit the status message, with a new preview (an animated GIF) when given; raise RetryLater when
-        told to wait."""
+    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None,
+                          spoiler: bool = False) -> None:
+        """Edit the status message, with a new preview (an animated GIF, hidden behind a spoiler when asked)
+        when given; raise RetryLater when told to wait."""
 
-    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button]) -> None:
-        """Post the result video as a new message that notifies its owner, then remove the status; must be
-        safe to retry."""
+    async def hide_preview(self, text: str, buttons: list[Button]) -> None:
+        """Take every picture off the status message (a preview was flagged), leaving `text`."""
+
+    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button],
+                      spoiler: bool = False) -> None:
+        """Post the result video as a new message that notifies its owner (behind a spoiler when asked),
+        then remove the status; must be safe to retry."""
 
     async def finish(self, text: str) -> None:
         """Final text for a job that did not produce a video (failed, cancelled, too big)."""
@@ -334,6 +353,7 @@ class BotCore:
         self._image_work = asyncio.Semaphore(1)
         self._admission = asyncio.Semaphore(4)
         self._warm_up()
+        self.gate = bot_gate(config.safety)   # nudenet, when configured: checks uploads, previews, results
 
     @staticmethod
     def _warm_up() -> None:
@@ -393,10 +413,12 @@ class BotCore:
         hints = [self._hint_text(h, req.locale) for h in prompt_hints(text, templates.glossary)]
         async with self._image_work:
             preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
+            verdict = await asyncio.to_thread(self.gate.check_image, "input", image)
         job = await self.service.submit(
             user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
             seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,
-            user_name=req.user_name, locale=req.locale, status_ref=status_ref,
+            user_name=req.user_name, locale=req.locale, status_ref=status_ref, server=req.scope or "",
+            safety_rule=req.safety_rule, verdict=verdict,
             # The tips are kept with the job, so a restarted bot still shows them under the status.
             options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, "hints": hints,
                      **slots},
@@ -444,13 +466,35 @@ class BotCore:
                 self.metrics.edits.labels(job.platform).inc()
 
         shown_preview = 0
+        # The NSFW gate (engine/safety.py): once anything of the job is flagged, its pictures go where its rule
+        # says: shown ("allow"), behind a spoiler, or nowhere ("withhold": the previews stop and come off).
+        seen_flag = job.verdict == "flagged"
+        mode = placement(seen_flag, job.safety_rule)
+        hide = False
 
-        async def send(payload: tuple[str, int]) -> None:
-            nonlocal shown_preview
-            text, preview_step = payload
-            preview = await self.service.preview(job.id) if preview_step > shown_preview else None
+        def on_flag() -> None:
+            nonlocal seen_flag, mode, hide
+            if not seen_flag:
+                seen_flag, mode = True, placement(True, job.safety_rule)
+                hide = mode == "withhold"
+
+        async def send(payload: tuple[str, int, str]) -> None:
+            nonlocal shown_preview, hide
+            text, preview_step, _ = payload
+            preview = (await self.service.preview(job.id)
+                       if preview_step > shown_preview and mode != "withhold" else None)
+            if preview is not None and not seen_flag and self.gate.checks("preview"):
+                verdict = await asyncio.to_thread(self.gate.check_image, "preview", preview)
+                if verdict is not None and verdict.flagged:
+                    await self.service.judge(job.id, verdict)
+                    on_flag()
             try:
-                await ui.edit_status(text, cancel, preview)
+                if hide:
+                    await ui.hide_preview(text, cancel)
+                    hide = False
+                else:
+                    await ui.edit_status(text, cancel, preview if mode != "withhold" else None,
+                                         spoiler=mode == "spoiler")
             except RetryLater:
                 # A preview refused by flood control is skipped, not queued: the retried edit is text only,
                 # and the next preview is newer anyway.
@@ -474,6 +518,8 @@ class BotCore:
                     state.eta_s, state.elapsed_s = event.eta_s, event.elapsed_s
                 elif isinstance(event, Preview):
                     state.preview_step = event.step
+                elif isinstance(event, Flagged):   # the worker's classifier flagged the job
+                    on_flag()
                 elif isinstance(event, FellBack):
                     state.fell_back = event.preset
                 if isinstance(event, (Done, Failed, Cancelled)) and self.metrics:
@@ -482,18 +528,20 @@ class BotCore:
                     await edits.close()
                     await self._deliver(event.job, ui)
                     return
-                elif isinstance(event, (Failed, Cancelled)):
+                elif isinstance(event, Cancelled):
                     await edits.close()
-                    text = (t(locale, "status.failed", reason=event.reason) if isinstance(event, Failed)
-                            else t(locale, "status.cancelled"))
-                    await with_retries(partial(ui.finish, text))
+                    await with_retries(partial(ui.finish, t(locale, "status.cancelled")))
                     await self.service.mark_delivered(job.id)
+                    return
+                elif isinstance(event, Failed):
+                    await edits.close()
+                    await self._fail(event.job, ui, event.reason)
                     return
                 # Deep in a long queue, every start elsewhere moves a job up one place: edit those statuses
                 # rarely, so a busy queue does not spend the platform's rate limit on position changes.
                 deep = state.phase == "queued" and state.position > QUEUE_DETAIL_POSITIONS
                 edits.min_interval_s = max(ui.min_edit_interval_s, DEEP_QUEUE_EDIT_INTERVAL_S if deep else 0)
-                edits.update((state.render(locale), state.preview_step))
+                edits.update((state.render(locale), state.preview_step, mode))
         except UserError as exc:   # the job vanished (forgotten, expired)
             log.info("stopped following job %s: %s", job.id, exc)
         except asyncio.CancelledError:
@@ -505,10 +553,29 @@ class BotCore:
             if self.metrics and edits.retries:
                 self.metrics.retries.labels(job.platform).inc(edits.retries)
 
+    async def _fail(self, job: Job, ui: JobUI, reason: str) -> None:
+        """Say why a job failed, in one sentence; a refusal by the NSFW gate also takes the pictures off."""
+        text = t(ui.locale, "status.failed", reason=self.failure_reason(job, ui.locale) or reason)
+        if job.error_key in SAFETY_REASONS:
+            await with_retries(partial(ui.hide_preview, text, []))
+        else:
+            await with_retries(partial(ui.finish, text))
+        await self.service.mark_delivered(job.id)
+
+    @staticmethod
+    def failure_reason(job: Job, locale: str | None) -> str:
+        """A failure's reason in the user's language when it has a text key, else the engine's sentence."""
+        text = t(locale, f"errors.{job.error_key}") if job.error_key else ""
+        return job.error if not text or text == f"errors.{job.error_key}" else text
+
     async def _deliver(self, job: Job, ui: JobUI) -> None:
         from engine.media.video import fit_to_size
 
         locale = ui.locale
+        if await self._withheld(job):
+            await self._fail(await self.service.require(job.id), ui, "")
+            return
+        job = await self.service.require(job.id)   # with the verdict on its result
         try:
             video = await asyncio.to_thread(fit_to_size, Path(job.result_path), ui.upload_limit_bytes)
         except UserError:
@@ -519,10 +586,23 @@ class BotCore:
         actions = buttons(locale, job.id, "hq", "reroll", "delete", "info")
         if job.preset == "hq" or job.fell_back:
             actions = [b for b in actions if b.action != "hq"]
+        spoiler = placement(job.verdict == "flagged", job.safety_rule) == "spoiler"
         t0 = time.perf_counter()
-        await with_retries(lambda: ui.deliver(job, video, caption, actions))
+        await with_retries(lambda: ui.deliver(job, video, caption, actions, spoiler=spoiler))
         log.info("job %s delivered in %.3f s", job.id, time.perf_counter() - t0)
         await self.service.mark_delivered(job.id)
+
+    async def _withheld(self, job: Job) -> bool:
+        """Check the result here (nudenet) before it is posted; True when it was flagged and may not go where
+        the job goes (it is then failed and its video deleted)."""
+        if self.gate.checks("output") and job.result_path:
+            verdict = await asyncio.to_thread(self.gate.check_video, "output", job.result_path)
+            if verdict is not None:
+                job = await self.service.judge(job.id, verdict)
+        if placement(job.verdict == "flagged", job.safety_rule) != "withhold":
+            return False
+        await self.service.withhold(job.id)
+        return True
 
     def caption(self, job: Job, locale: str | None, mention: str = "") -> str:
         preset = job.fell_back or job.preset
@@ -567,9 +647,10 @@ class BotCore:
         admins = self.config.discord.admins if platform == "discord" else self.config.telegram.admins
         return str(user_id) in {str(a) for a in admins}
 
-    async def on_button(self, action: str, job_id: str, platform: str, user_id: str, locale: str | None
-                        ) -> tuple[str, Job | None]:
-        """Run a button's action. Returns (reply text or "", new job for hq/reroll)."""
+    async def on_button(self, action: str, job_id: str, platform: str, user_id: str, locale: str | None,
+                        safety_rule: Rule | None = None) -> tuple[str, Job | None]:
+        """Run a button's action. Returns (reply text or "", new job for hq/reroll). A new render from the
+        same image is checked again, under the rule of the chat where the button was pressed."""
         user = f"{platform}:{user_id}"
         admin = self.is_admin(platform, user_id)
         if action == "cancel":
@@ -582,9 +663,14 @@ class BotCore:
             return self.info_text(await self.service.require(job_id), locale), None
         if action in ("hq", "reroll"):
             src = await self.service.require(job_id)
+            verdict = None
+            if src.image_path and Path(src.image_path).exists():
+                async with self._image_work:
+                    verdict = await asyncio.to_thread(self.gate.check_image, "input", src.image_path)
             new = await self.service.resubmit(
                 src, user=user, preset="hq" if action == "hq" else src.preset, new_seed=action == "reroll",
-                locale=locale or src.locale, user_name="", options={"suggest_hq": False})
+                locale=locale or src.locale, user_name="", options={"suggest_hq": False},
+                safety_rule=safety_rule or src.safety_rule, verdict=verdict)
             return "", new
         raise UserError("Unknown button.", "unknown_button")
 
@@ -636,6 +722,9 @@ class BotCore:
             await self.service.unban(f"{platform}:{target}")
             return t(locale, "admin.unbanned", user=target)
         raise UserError("Unknown admin command.", "usage")
+
+    def privacy_text(self, locale: str | None) -> str:
+        return t(locale, "privacy.text", days=f"{self.config.storage.retention_days:g}")
 
     async def forget(self, platform: str, user_id: str, locale: str | None) -> str:
         count = await self.service.forget(f"{platform}:{user_id}")

@@ -1,4 +1,4 @@
-"""`python -m engine generate|submit|worker|jobs|cancel|bench`.
+"""`python -m engine generate|submit|worker|jobs|cancel|audit|bench`.
 
 Exit codes: 0 ok, 2 bad input or usage (one line on stderr), 1 internal error. Input is checked before
 torch is imported, so a refusal is quick.
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     j.add_argument("--json", action="store_true")
     _common(j)
+
+    a = sub.add_parser("audit", help="the audit log: one line per job kept (retention_days), oldest first")
+    a.add_argument("--server", default=None, help="only this Discord server or Telegram chat id")
+    a.add_argument("--user", default=None, help="only this user: an id, or platform:id")
+    a.add_argument("--since", default=None, help="only jobs from this ISO date or time on (UTC unless given)")
+    a.add_argument("--json", action="store_true")
+    _store(a)
+    _common(a)
 
     c = sub.add_parser("cancel", help="cancel a queued or running job")
     c.add_argument("job")
@@ -247,6 +255,48 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def _since(text: str | None) -> float | None:
+    import datetime as dt
+
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--since: {text!r} is not an ISO date or time (e.g. 2026-11-30 or 2026-11-30T18:00)",
+                        "usage") from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def audit_line(job) -> str:
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(job.created_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    score = f"{job.nsfw_score:.3f}" if job.nsfw_score >= 0 else "-"
+    outcome = str(job.state) + (f":{job.error_key}" if job.error_key else "")
+    return (f"{when} {job.id} {job.platform} server={job.server or '-'} channel={job.chat or '-'} "
+            f"user={job.user} verdict={job.verdict or 'unchecked'} score={score} "
+            f"flagged_at={job.flagged_at or '-'} outcome={outcome} prompt={json.dumps(job.prompt_raw, ensure_ascii=False)}")
+
+
+def cmd_audit(args) -> int:
+    config = _config(args)
+    since = _since(args.since)
+
+    async def go(service):
+        return await service.audit(server=args.server, user=args.user, since=since)
+    for job in asyncio.run(_with_service(config, go)):
+        if args.json:
+            print(json.dumps({k: job.to_dict()[k] for k in AUDIT_FIELDS}, ensure_ascii=False))
+        else:
+            print(audit_line(job))
+    return 0
+
+
+AUDIT_FIELDS = ("id", "created_at", "platform", "server", "chat", "user", "user_name", "prompt_raw", "verdict",
+                "nsfw_score", "flagged_at", "state", "error_key")
+
+
 def cmd_cancel(args) -> int:
     config = _config(args)
 
@@ -276,7 +326,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "submit": cmd_submit, "worker": cmd_worker, "jobs": cmd_jobs,
-            "cancel": cmd_cancel, "bench": cmd_bench}
+            "cancel": cmd_cancel, "audit": cmd_audit, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

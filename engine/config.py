@@ -124,6 +124,18 @@ class PreviewConfig(Section):
     every_s: NonNegFloat = 3.0     # a preview of the forming clip this often while it renders; 0 = off
 
 
+class SafetyConfig(Section):
+    # "nudenet" (its ONNX detector, in the bot process), a Hugging Face image-classification hub id or folder
+    # (run by the worker, which has torch), or "off".
+    classifier: str = "nudenet"
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5   # a score at or above it is flagged; 0 flags all
+    check_input: bool = True
+    check_output: bool = True       # the result and the previews
+    output_frames: PositiveInt = 4  # frames of a result (evenly spaced) that are classified
+    allow_in_dms: bool = False      # Discord: flagged content in direct messages
+    telegram: Literal["withhold", "spoiler"] = "withhold"
+
+
 class Config(BaseSettings):
     """The whole configuration. `load_config` builds it; flags are then assigned onto its sections."""
 
@@ -139,6 +151,7 @@ class Config(BaseSettings):
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
     _path: Path | None = PrivateAttr(default=None)
 

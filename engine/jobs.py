@@ -65,6 +65,14 @@ class Job:
     gpu_peak_bytes: int = 0         # measured by the worker that rendered it
     render_s: float = 0.0
     preview_step: int = 0           # the step of the latest preview in the store (0: none yet)
+    server: str = ""                # the Discord server or Telegram group ("" in a direct message)
+    # The NSFW gate (engine/safety.py): where flagged content of this job may go, the highest score seen
+    # (-1: never checked), "passed" / "flagged" ("" unchecked) and the first stage that flagged it.
+    safety_rule: str = "allow"
+    nsfw_score: float = -1.0
+    verdict: str = ""
+    flagged_at: str = ""
+    error_key: str = ""             # a failure's reason as a text key the front end translates
     seq: int = 0                    # store-wide change counter of the last update
 
     # Who writes what: the front end and the service write the request and the delivery fields, the worker
@@ -128,6 +136,11 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Flagged:
+    stage: str                # the NSFW gate flagged the job's "input", a "preview" or its "output"
+
+
+@dataclass(frozen=True)
 class FellBack:
     preset: str
 
@@ -148,4 +161,4 @@ class Cancelled:
     job: Job
 
 
-Event = Queued | Started | Step | Preview | FellBack | Done | Failed | Cancelled
+Event = Queued | Started | Step | Preview | Flagged | FellBack | Done | Failed | Cancelled

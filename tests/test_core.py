@@ -30,15 +30,25 @@ class RecordingUI:
         self.previews: list[bytes] = []
         self.delivered: list[tuple[Path, str, list]] = []
         self.finished: list[str] = []
+        self.spoilers: list[bool] = []      # per preview shown, and the result's last
+        self.hidden: list[str] = []         # texts left when the pictures came off
         self.done = asyncio.Event()
 
-    async def edit_status(self, text, buttons, preview=None):
+    async def edit_status(self, text, buttons, preview=None, spoiler=False):
         self.edits.append((time.monotonic(), text))
         if preview is not None:
             self.previews.append(preview)
+            self.spoilers.append(spoiler)
 
-    async def deliver(self, job, video, caption, buttons):
+    async def hide_preview(self, text, buttons):
+        self.hidden.append(text)
+        if not buttons:   # the job's final text
+            self.finished.append(text)
+            self.done.set()
+
+    async def deliver(self, job, video, caption, buttons, spoiler=False):
         self.delivered.append((video, caption, [b.action for b in buttons]))
+        self.spoilers.append(spoiler)
         self.done.set()
 
     async def finish(self, text):

@@ -18,6 +18,7 @@ import discord
 
 from bot.core import RetryLater, shorten
 from engine.errors import UserError
+from engine.safety import Rule
 
 log = logging.getLogger("bot.discord")
 
@@ -96,3 +97,12 @@ def _retrieve(task: asyncio.Future) -> None:
     """Take a shielded task's outcome, so one whose waiter was cancelled logs nothing at exit."""
     if not task.cancelled():
         task.exception()
+
+
+def safety_rule(interaction: discord.Interaction, allow_in_dms: bool) -> Rule:
+    """Where flagged content may go from this interaction's channel: Discord allows adult content only in
+    age-restricted channels (a thread follows its parent), and in direct messages only if configured."""
+    if interaction.guild_id is None:
+        return "allow" if allow_in_dms else "withhold"
+    is_nsfw = getattr(interaction.channel, "is_nsfw", None)
+    return "allow" if callable(is_nsfw) and is_nsfw() else "withhold"

@@ -18,7 +18,7 @@ from discord import app_commands
 from discord.app_commands import Range, locale_str
 
 from bot.core import JobRequest, error_text, lang, t
-from bot.discord.api import PLATFORM, _is_image, answer_deferred, reply
+from bot.discord.api import PLATFORM, _is_image, answer_deferred, reply, safety_rule
 from bot.discord.components import PromptModal
 from engine.errors import UserError
 from engine.prompts import CAMERAS, SPEEDS
@@ -102,6 +102,10 @@ class Commands:
         async def forget(interaction: discord.Interaction) -> None:
             await reply(interaction, await front.core.forget(PLATFORM, str(interaction.user.id),
                                                              str(interaction.locale)))
+
+        @tree.command(name=text("name_privacy"), description=text("desc_privacy"))
+        async def privacy(interaction: discord.Interaction) -> None:
+            await reply(interaction, front.core.privacy_text(str(interaction.locale)))
 
         async def admin_command(interaction: discord.Interaction) -> None:
             await commands._admin_command(interaction)
@@ -211,6 +215,7 @@ class Commands:
                 chat_id=str(interaction.channel_id), locale=locale, image=image, prompt=prompt, preset=preset,
                 seed=seed, negative_prompt=negative, camera=camera, speed=speed, scope=scope,
                 subject=subject, environment=environment,
+                safety_rule=safety_rule(interaction, front.config.safety.allow_in_dms),
             ), status_ref=ref.dumps())
         except UserError as exc:
             await answer_deferred(interaction, error_text(exc, locale))

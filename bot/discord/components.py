@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.core import BUTTON_ACTIONS, Button, error_text, t
-from bot.discord.api import NO_MENTIONS, PLATFORM, reply
+from bot.discord.api import NO_MENTIONS, PLATFORM, reply, safety_rule
 from engine.errors import UserError
 from engine.jobs import Job
 
@@ -74,7 +74,8 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
     if not await front.commands.allowed_here(interaction):
         return
     try:
-        text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(interaction.user.id), locale)
+        text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(interaction.user.id), locale,
+                                                   safety_rule(interaction, front.config.safety.allow_in_dms))
     except UserError as exc:
         await reply(interaction, error_text(exc, locale))
         return

@@ -111,18 +111,24 @@ class StatusMessage:
 
     # ---- JobUI ----
 
-    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None) -> None:
+    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None,
+                          spoiler: bool = False) -> None:
         fields: dict[str, Any] = dict(content=shorten(text, MAX_CONTENT), view=job_view(buttons),
                                       allowed_mentions=NO_MENTIONS)
         if preview is not None:   # replaces the previous preview; edits without one keep it
-            fields["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]
+            fields["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME, spoiler=spoiler)]
         await self._show(**fields)
+
+    async def hide_preview(self, text: str, buttons: list[Button]) -> None:
+        await self._show(content=shorten(text, MAX_CONTENT), view=job_view(buttons),
+                         allowed_mentions=NO_MENTIONS, attachments=[])
 
     async def finish(self, text: str) -> None:
         await self._show(content=shorten(text, MAX_CONTENT), view=None, allowed_mentions=NO_MENTIONS,
                          attachments=[])
 
-    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button]) -> None:
+    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button],
+                      spoiler: bool = False) -> None:
         owner = owner_of(job)
         fields: dict[str, Any] = dict(
             content=shorten(self.front.core.caption(job, self.locale, mention=f"<@{owner}>"), MAX_CONTENT),
@@ -132,14 +138,15 @@ class StatusMessage:
         filename = f"{job.id}.mp4"
         if not self.ref.result:
             try:
-                self.ref.result = await self._post_result(discord.File(video, filename=filename), fields)
+                self.ref.result = await self._post_result(discord.File(video, filename=filename, spoiler=spoiler),
+                                                          fields)
             except discord.Forbidden as exc:
                 # No Send Messages / Attach Files here: the status message (which needs neither) becomes
                 # the result. It cannot notify, so say why once.
                 if not self.front.warned_refusal(self.ref.channel):
                     log.warning("discord: channel %s refuses the bot (%s); results there are edits of the "
                                 "status message and notify nobody", self.ref.channel, exc.text or exc.status)
-                await self._show(attachments=[discord.File(video, filename=filename)], **fields)
+                await self._show(attachments=[discord.File(video, filename=filename, spoiler=spoiler)], **fields)
                 return
             await self._save_ref()
         await self._delete_status()

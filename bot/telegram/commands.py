@@ -2,7 +2,7 @@
 
 A job starts from a photo captioned `/animate` or `/hq`, from either command as a reply to an image, or from
 the next image a user sends after a bare `/animate <prompt>` (a `PendingAsk`). The other commands (`/help`,
-`/queue`, `/cancel`, `/forget`, `/info` and the admin ones) answer with one text each. The command menu texts
+`/queue`, `/cancel`, `/forget`, `/privacy`, `/info` and the admin ones) answer with one text each. The command menu texts
 (`command_texts`, from templates/messages) live here too, next to the commands they describe.
 
 The only state is short-lived and in memory: pending asks and the albums already handled.
@@ -29,6 +29,7 @@ from bot.telegram.status import StatusMessage
 from engine.errors import UserError
 from engine.jobs import Job
 from engine.media.preview import status_photo
+from engine.safety import placement
 
 if TYPE_CHECKING:
     from bot.telegram.app import TelegramFrontEnd
@@ -43,7 +44,7 @@ TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
 MEDIA = filters.PHOTO | filters.Document.ALL | filters.VIDEO | filters.ANIMATION
 ADMIN_COMMANDS = ("stats", "pause", "resume", "ban", "unban")
 
-MENU_COMMANDS = ("animate", "hq", "queue", "cancel", "info", "forget", "help")   # texts: [telegram] in templates
+MENU_COMMANDS = ("animate", "hq", "queue", "cancel", "info", "forget", "privacy", "help")   # texts: [telegram] in templates
 
 
 def command_texts(locale: str) -> list[BotCommand]:
@@ -207,7 +208,8 @@ class Commands:
                 platform=PLATFORM, user_id=str(user.id), user_name=user.first_name, chat_id=str(message.chat_id),
                 locale=locale, image=image, prompt=text, preset=options.get("preset") or ask.preset,
                 seed=options.get("seed"), negative_prompt=options.get("negative") or "",
-                camera=options.get("camera"), speed=options.get("speed"), scope=str(message.chat_id),
+                camera=options.get("camera"), speed=options.get("speed"),
+                scope=str(message.chat_id), safety_rule=config.safety.telegram,
                 subject=options.get("subject"), environment=options.get("environment"),
             )
             submitted = await core.submit(request)
@@ -232,7 +234,8 @@ class Commands:
         try:
             text = await self._first_status(job, locale, hints)
             photo = await asyncio.to_thread(status_photo, job.image_path)
-            await with_retries(lambda: ui.post_photo(photo, text, markup), attempts=3,
+            spoiler = placement(job.verdict == "flagged", job.safety_rule) == "spoiler"
+            await with_retries(lambda: ui.post_photo(photo, text, markup, spoiler), attempts=3,
                                retry_on=(RetryLater, TimedOut))
             await ui.save_ref()
         except Exception as exc:   # the job is queued either way: the follower posts what it can
@@ -292,6 +295,11 @@ class Commands:
     async def on_forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async def produce(message, locale, user_id):
             return await self.front.core.forget(PLATFORM, user_id, locale)
+        await self._run_command(update, produce)
+
+    async def on_privacy(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async def produce(message, locale, user_id):
+            return self.front.core.privacy_text(locale)
         await self._run_command(update, produce)
 
     async def on_admin(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

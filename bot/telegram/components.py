@@ -56,7 +56,8 @@ class Buttons:
             chat_id = message.chat.id if message else None
             if chat_id is not None and not front.commands.allowed(chat_id, user.id):
                 raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
-            text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(user.id), locale)
+            text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(user.id), locale,
+                                                       front.config.safety.telegram)
             if action == "delete" and message is not None:
                 await self._delete_quietly(message.chat.id, message.message_id)
             elif action == "info":

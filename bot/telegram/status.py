@@ -115,11 +115,13 @@ class StatusMessage:
         """The status message was sent by the front end showing `text`: the first equal edit is skipped."""
         self.status_id, self._shown, self.media = status_id, (text, markup), media
 
-    async def post_photo(self, photo: bytes, text: str, markup: InlineKeyboardMarkup | None) -> None:
+    async def post_photo(self, photo: bytes, text: str, markup: InlineKeyboardMarkup | None,
+                         spoiler: bool = False) -> None:
         """The first status: the user's photo (small), captioned with the status text."""
         with rate_limited():
             sent = await self.front.bot.send_photo(self.chat_id, photo, caption=shorten(text, CAPTION_LIMIT),
-                                                   reply_markup=markup, reply_parameters=reply_to(self.reply_to_id))
+                                                   reply_markup=markup, reply_parameters=reply_to(self.reply_to_id),
+                                                   has_spoiler=spoiler)
         self.posted(sent.message_id, text, markup, media=True)
 
     async def save_ref(self) -> None:
@@ -131,7 +133,8 @@ class StatusMessage:
 
     # ---- JobUI
 
-    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None) -> None:
+    async def edit_status(self, text: str, buttons: list[Button], preview: bytes | None = None,
+                          spoiler: bool = False) -> None:
         markup = keyboard(buttons, per_row=1)
         if self._status_gone:
             return
@@ -143,7 +146,7 @@ class StatusMessage:
         async with self._pacer.turn():
             try:
                 with rate_limited(self._pacer):
-                    await self._edit(text, markup, preview)
+                    await self._edit(text, markup, preview, spoiler)
             except BadRequest as exc:
                 if is_gone(exc):
                     self._status_gone = True
@@ -152,6 +155,15 @@ class StatusMessage:
             except Forbidden:
                 self._status_gone = True   # the bot was blocked or removed from the chat
         self._shown = (text, markup)
+
+    async def hide_preview(self, text: str, buttons: list[Button]) -> None:
+        """A media message cannot become text: the status is deleted and posted again as text."""
+        if not self.media or self.status_id is None or self._status_gone:
+            await (self.edit_status(text, buttons) if buttons else self.finish(text))
+            return
+        await self._delete_status()
+        self.status_id, self.media, self._status_gone = None, False, False
+        await self._post_status(text, keyboard(buttons, per_row=1))
 
     async def finish(self, text: str) -> None:
         if self.status_id is not None and not self._status_gone:
@@ -169,23 +181,26 @@ class StatusMessage:
                     return
         await send_text(self.front.bot, self.chat_id, text, self.reply_to_id)
 
-    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button]) -> None:
+    async def deliver(self, job: Job, video: Path, caption: str, buttons: list[Button],
+                      spoiler: bool = False) -> None:
         """Post the video as a reply, then delete the status message. Retried by the core: each step is
         skipped once done, so a retry after a failed delete does not post the video twice."""
         if self.result_id is None:
-            if not await self._send_video(job, video, buttons):
+            if not await self._send_video(job, video, buttons, spoiler):
                 return
             await self.save_ref()
         await self._delete_status()
 
     # ---- helpers
 
-    async def _edit(self, text: str, markup: InlineKeyboardMarkup | None, preview: bytes | None) -> None:
+    async def _edit(self, text: str, markup: InlineKeyboardMarkup | None, preview: bytes | None,
+                    spoiler: bool = False) -> None:
         bot, chat, message = self.front.bot, self.chat_id, self.status_id
         if not self.media:
             await bot.edit_message_text(text, chat, message, reply_markup=markup)
         elif preview is not None:   # a photo becomes an animation; later previews replace it again
-            media = InputMediaAnimation(preview, caption=shorten(text, CAPTION_LIMIT), filename=PREVIEW_NAME)
+            media = InputMediaAnimation(preview, caption=shorten(text, CAPTION_LIMIT), filename=PREVIEW_NAME,
+                                        has_spoiler=spoiler)
             await bot.edit_message_media(media, chat, message, reply_markup=markup)
         else:
             await bot.edit_message_caption(chat, message, caption=shorten(text, CAPTION_LIMIT), reply_markup=markup)
@@ -201,7 +216,7 @@ class StatusMessage:
         self.posted(sent.message_id, text, markup)
         await self.save_ref()
 
-    async def _send_video(self, job: Job, video: Path, buttons: list[Button]) -> bool:
+    async def _send_video(self, job: Job, video: Path, buttons: list[Button], spoiler: bool = False) -> bool:
         """Upload the result; False when nobody can receive it (the bot was blocked)."""
         front = self.front
         caption = front.core.caption(job, self.locale, mention=self.mention)
@@ -218,7 +233,7 @@ class StatusMessage:
                 sent = await send(self.chat_id, data, filename=f"{job.id}.mp4", caption=caption, width=width,
                                   height=height, duration=seconds, reply_markup=keyboard(buttons),
                                   reply_parameters=reply_to(self.reply_to_id), write_timeout=timeout,
-                                  read_timeout=timeout, **extra)
+                                  read_timeout=timeout, has_spoiler=spoiler, **extra)
         except TimedOut:
             self._upload_timeouts += 1
             if self._upload_timeouts >= 2:

@@ -151,6 +151,16 @@ touch(id)
 return job_reply(id)
 """
 
+# ARGV: prefix, id, user, created_at, field, value, ... A job kept as it is, outside the queue (a refusal).
+_RECORD = r"""
+local id, user, created = ARGV[2], ARGV[3], ARGV[4]
+set_fields(id, 5)
+redis.call('ZADD', P .. 'jobs', created, id)
+redis.call('ZADD', P .. 'user_jobs:' .. user, created, id)
+touch(id)
+return job_reply(id)
+"""
+
 # ARGV: prefix, worker (JSON). Round-robin across users: least recently served first (never served = 0),
 # then the user whose oldest waiting job is oldest; FIFO per user. The same order as store.fair_order.
 _CLAIM = r"""
@@ -343,7 +353,7 @@ return 'ok'
 """
 
 _SCRIPTS = {
-    "submit": _SUBMIT, "claim": _CLAIM, "update": _UPDATE, "finish": _FINISH, "cancel": _CANCEL,
+    "submit": _SUBMIT, "record": _RECORD, "claim": _CLAIM, "update": _UPDATE, "finish": _FINISH, "cancel": _CANCEL,
     "recover": _RECOVER, "delete": _DELETE, "changes": _CHANGES, "queued": _QUEUED, "acquire": _ACQUIRE,
     "heartbeat": _HEARTBEAT, "forget_leases": _FORGET_LEASES, "preview": _PREVIEW,
 }
@@ -453,6 +463,10 @@ class RedisStore:
             limits.per_user, limits.max_length, limits.jobs_per_hour, *_pairs(fields))
         if reply[0] != "ok":
             raise refusal_error(reply[0], limits, float(reply[1]) if len(reply) > 1 else None)
+        return _ok_job(reply[1])
+
+    async def record(self, job: Job) -> Job:
+        reply = await self._run("record", job.id, job.user, repr(float(job.created_at)), *_pairs(job.to_dict()))
         return _ok_job(reply[1])
 
     async def get(self, job_id: str) -> Job | None:

@@ -26,6 +26,7 @@ from engine.jobs import (
     Event,
     Failed,
     FellBack,
+    Flagged,
     Job,
     JobState,
     Preview,
@@ -37,6 +38,7 @@ from engine.jobs import (
 from engine.queue.backends import open_store
 from engine.queue.eta import EtaModel
 from engine.queue.store import Limits, Store
+from engine.safety import SAFETY_REASONS, Verdict, placement, verdict_fields
 
 log = logging.getLogger("engine.queue.service")
 
@@ -55,6 +57,7 @@ class _Follower:
     fell_back: str = ""
     paused: bool = False
     preview_step: int = 0
+    flagged_at: str = ""
 
 
 def private_file(path: Path, data: bytes | None = None) -> None:
@@ -65,6 +68,11 @@ def private_file(path: Path, data: bytes | None = None) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     os.chmod(path, 0o600)
+
+
+def _assign(job: Job, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)
 
 
 def _message_key(platform: str, chat: str | int, message_id: str | int) -> str:
@@ -119,34 +127,63 @@ class JobService:
     async def submit(self, *, user: str, image: Any, prompt_raw: str, prompt: str | None = None,
                      preset: str = "quick", seed: int | None = None, negative_prompt: str = "",
                      platform: str = "cli", chat: str = "", user_name: str = "", locale: str = "en",
-                     status_ref: str = "", options: dict[str, Any] | None = None, parent: str = "") -> Job:
+                     status_ref: str = "", options: dict[str, Any] | None = None, parent: str = "",
+                     server: str = "", safety_rule: str = "allow", verdict: Verdict | None = None) -> Job:
         """Queue a job. `image` is a validated RGB PIL image, or a path of one already in the data folder.
+        `verdict` is the NSFW gate's on the image, where the front end checked it; `safety_rule` says where
+        flagged content of this job may go.
 
-        Raises UserError with the reason when the queue, the user's limits or a ban refuse it.
+        Raises UserError with the reason when the queue, the user's limits, a ban or the NSFW gate refuse it;
+        a refused upload is kept as a failed job (the audit log), without its image.
         """
         if user in await self.store.get_meta("bans", {}):
             raise UserError("You are not allowed to use this bot here.", "banned")
         spec = self.config.preset(preset)
-        job_id = new_job_id()
-        image_path = self.data_dir / "images" / f"{job_id}.png"
-        width, height = await asyncio.to_thread(self._save_image, image, image_path)
-        w, h = spec.size_for(width, height)
         job = Job(
-            id=job_id, user=user, prompt_raw=prompt_raw, prompt=prompt if prompt is not None else prompt_raw,
-            preset=spec.name, seed=secrets.randbelow(2**31) if seed is None else int(seed),
-            image_path=str(image_path), platform=platform, chat=str(chat), user_name=user_name,
-            locale=locale, negative_prompt=negative_prompt, status_ref=status_ref, options=dict(options or {}),
-            parent=parent,
-            total_steps=spec.steps, width=w, height=h, frames=spec.frames,
+            id=new_job_id(), user=user, prompt_raw=prompt_raw, prompt=prompt if prompt is not None else prompt_raw,
+            preset=spec.name, seed=secrets.randbelow(2**31) if seed is None else int(seed), image_path="",
+            platform=platform, chat=str(chat), user_name=user_name, locale=locale, negative_prompt=negative_prompt,
+            status_ref=status_ref, options=dict(options or {}), parent=parent, server=server,
+            safety_rule=safety_rule, total_steps=spec.steps, frames=spec.frames,
         )
+        if verdict is not None:
+            _assign(job, verdict_fields(job, verdict))
+            if placement(verdict.flagged, safety_rule) == "withhold":
+                await self._record_refusal(job, "nsfw_input")
+        image_path = self.data_dir / "images" / f"{job.id}.png"
+        width, height = await asyncio.to_thread(self._save_image, image, image_path)
+        job.image_path, (job.width, job.height) = str(image_path), spec.size_for(width, height)
         try:
             job = await self.store.submit(job, self.limits())
         except BaseException:
             image_path.unlink(missing_ok=True)
             raise
-        log.info("job %s queued user=%s preset=%s %dx%dx%d", job.id, user, job.preset, w, h, job.frames)
+        log.info("job %s queued user=%s preset=%s %dx%dx%d", job.id, user, job.preset, job.width, job.height,
+                 job.frames)
         self._wake.set()
         return job
+
+    async def _record_refusal(self, job: Job, key: str) -> None:
+        job.state, job.finished_at, job.delivered = JobState.FAILED, time.time(), True
+        job.error, job.error_key = SAFETY_REASONS[key], key
+        await self.store.record(job)
+        log.info("job %s refused: %s (score %.3f)", job.id, key, job.nsfw_score)
+        raise UserError(job.error, key)
+
+    async def judge(self, job_id: str, verdict: Verdict) -> Job:
+        """Keep a verdict of the NSFW gate on the job (its score, flag and stage)."""
+        job = await self.require(job_id)
+        return await self.store.update(job_id, **verdict_fields(job, verdict))
+
+    async def withhold(self, job_id: str) -> Job:
+        """A flagged result that may not be posted where it was asked for: the job ends failed, its video
+        is deleted."""
+        job = await self.require(job_id)
+        if job.result_path:
+            Path(job.result_path).unlink(missing_ok=True)
+        log.info("job %s withheld (score %.3f)", job_id, job.nsfw_score)
+        return await self.store.update(job_id, state=JobState.FAILED, result_path="", error_key="nsfw_output",
+                                       error=SAFETY_REASONS["nsfw_output"])
 
     @staticmethod
     def _save_image(image: Any, path: Path) -> tuple[int, int]:
@@ -176,6 +213,7 @@ class JobService:
             user=user, image=src.image_path, prompt_raw=src.prompt_raw, prompt=src.prompt,
             preset=preset or src.preset, seed=None if new_seed else src.seed, negative_prompt=src.negative_prompt,
             platform=src.platform, chat=src.chat, locale=src.locale, options=options, parent=src.id,
+            server=src.server, safety_rule=src.safety_rule,
         )
         args.update(fields)
         return await self.submit(**args)
@@ -339,16 +377,26 @@ class JobService:
         return len(jobs)
 
     async def expire_old(self, now: float | None = None) -> int:
-        """Remove images and results of finished jobs past the retention time; their buttons then say so."""
+        """Delete finished jobs past the retention time, their records (the audit log) with their images and
+        results; their buttons then say they expired."""
         cutoff = (now or time.time()) - self.config.storage.retention_days * 86400
-        count = 0
-        for job in await self.store.jobs(states=[JobState.DONE, JobState.FAILED, JobState.CANCELLED],
-                                         limit=100000):
-            if (job.finished_at or job.created_at) < cutoff and not job.expired:
-                self._remove_files(job)
-                await self.store.update(job.id, expired=True)
-                count += 1
-        return count
+        old = [job for job in await self.store.jobs(states=[JobState.DONE, JobState.FAILED, JobState.CANCELLED],
+                                                    limit=100000)
+               if (job.finished_at or job.created_at) < cutoff]
+        for job in old:
+            self._remove_files(job)
+        await self.store.delete_jobs(j.id for j in old)
+        return len(old)
+
+    async def audit(self, server: str | None = None, user: str | None = None, since: float | None = None
+                    ) -> list[Job]:
+        """The jobs kept (every job for `retention_days`), oldest first: `user` is "<platform>:<id>" or a
+        bare id on any platform."""
+        jobs = await self.store.jobs(user=user if user and ":" in user else None, limit=1_000_000)
+        return sorted((j for j in jobs
+                       if (server is None or j.server == server)
+                       and (user is None or ":" in user or j.user.split(":", 1)[-1] == user)
+                       and (since is None or j.created_at >= since)), key=lambda j: j.created_at)
 
     @staticmethod
     def _remove_files(job: Job) -> None:
@@ -447,6 +495,9 @@ class JobService:
                 events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s,
                                    job.step_at))
             f.step = job.step
+            if job.flagged_at and job.flagged_at != f.flagged_at:   # before the preview it may concern
+                events.append(Flagged(job.flagged_at))
+                f.flagged_at = job.flagged_at
             if job.preview_step and job.preview_step != f.preview_step:
                 events.append(Preview(job.preview_step))
                 f.preview_step = job.preview_step

@@ -188,6 +188,9 @@ class SQLiteStore:
             return await self._save(job)
         return await self._write(tx)
 
+    async def record(self, job: Job) -> Job:
+        return await self._write(self._save, job)
+
     async def get(self, job_id: str) -> Job | None:
         return await self._retry(self._load, job_id)
 

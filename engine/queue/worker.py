@@ -26,6 +26,7 @@ from engine.errors import ModelError, UserError
 from engine.jobs import Job, JobState
 from engine.queue.backends import is_redis_url, open_store
 from engine.queue.store import Store, shape_key
+from engine.safety import SAFETY_REASONS, Gate, Verdict, placement, verdict_fields
 
 log = logging.getLogger("engine.queue.worker")
 
@@ -53,7 +54,8 @@ class _Progress:
 
 class Worker:
     def __init__(self, config: Config, store: Store | None = None, model: str | None = None,
-                 exclusive: bool | None = None, worker_id: str | None = None, renderer=None):
+                 exclusive: bool | None = None, worker_id: str | None = None, renderer=None,
+                 gate: Gate | None = None):
         self.config = config
         self.store = store or open_store(config.storage.url)
         self.model_spec = model or config.engine.model
@@ -63,6 +65,7 @@ class Worker:
         self.results_dir = Path(config.storage.data_dir) / "results"
         self.state = "loading"
         self.renderer = renderer   # a warm renderer may be handed in (tests); otherwise loaded at start
+        self.gate = gate           # the NSFW gate, when its classifier runs here (engine/render/nsfw.py)
         self._stop = asyncio.Event()
         self._cancel = threading.Event()
         self._shutdown = False
@@ -106,6 +109,11 @@ class Worker:
                 await self.store.release_lease(info.owner)
 
     async def _load_model(self) -> None:
+        if self.gate is None:
+            from engine.render.nsfw import worker_gate
+
+            # On the CPU: a few small images per job, and no GPU memory taken from the renders.
+            self.gate = await asyncio.to_thread(worker_gate, self.config.safety)
         if self.renderer is not None:
             self.state = "ready"
             await self.store.heartbeat(self.id, self.state)
@@ -168,7 +176,11 @@ class Worker:
         pump = asyncio.create_task(self._pump(job, progress), name=f"progress-{job.id}")
         t0 = time.perf_counter()
         try:
+            if await self._withheld(job, "input", job.image_path):
+                return await self._fail(job, SAFETY_REASONS["nsfw_input"], "nsfw_input")
             result = await asyncio.to_thread(self._render, job, progress, asyncio.get_running_loop())
+            if await self._withheld(job, "output", result.frames):   # nothing of it is kept
+                return await self._fail(job, SAFETY_REASONS["nsfw_output"], "nsfw_output")
             out = await asyncio.to_thread(self._write_result, job, result)
         except RenderCancelled:
             if progress.lost:
@@ -218,9 +230,26 @@ class Worker:
             out.unlink(missing_ok=True)
         return done
 
-    async def _fail(self, job: Job, reason: str) -> Job:
+    async def _fail(self, job: Job, reason: str, key: str = "") -> Job:
         log.info("job %s failed: %s", job.id, reason)
-        return await self.store.finish(job.id, JobState.FAILED, error=reason)
+        return await self.store.finish(job.id, JobState.FAILED, error=reason, error_key=key)
+
+    async def _withheld(self, job: Job, stage, content) -> bool:
+        """The gate's verdict on the input image (a path) or the result's frames, kept on the job; True when
+        flagged content may not go where this job goes."""
+        if self.gate is None or not self.gate.checks(stage):
+            return False
+        check = self.gate.check_image if isinstance(content, str) else self.gate.check_frames
+        verdict = await asyncio.to_thread(check, stage, content)
+        if verdict is None:
+            return False
+        await self._judged(job.id, verdict)
+        return placement(verdict.flagged, job.safety_rule) == "withhold"
+
+    async def _judged(self, job_id: str, verdict: Verdict) -> None:
+        latest = await self.store.get(job_id)
+        if latest is not None:
+            await self.store.update(job_id, **verdict_fields(latest, verdict))
 
     def _render(self, job: Job, progress: _Progress, loop: asyncio.AbstractEventLoop):
         from PIL import Image
@@ -266,8 +295,20 @@ class Worker:
         from engine.render.preview import PreviewTimer
 
         fps = self.config.presets[job.preset].fps
+        gate = self.gate if self.gate is not None and self.gate.checks("preview") else None
+        blocked = False
 
         def deliver(step: int, frames) -> None:
+            nonlocal blocked
+            if blocked:
+                return
+            if gate is not None and (verdict := gate.check("preview", [frames[-1]])) and verdict.flagged:
+                # Kept on the job before the preview is stored: the bot then shows it behind a spoiler, or
+                # (withheld) removes the previews shown so far.
+                asyncio.run_coroutine_threadsafe(self._judged(job.id, verdict), loop).result(30)
+                if placement(True, job.safety_rule) == "withhold":
+                    blocked = True
+                    return
             data = preview_gif(frames, fps)
             asyncio.run_coroutine_threadsafe(self.store.put_preview(job.id, step, data), loop).result(30)
 

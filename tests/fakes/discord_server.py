@@ -767,7 +767,8 @@ class FakeDiscord:
             "premium_progress_bar_enabled": False,
         }
 
-    def _add_guild_channel(self, channel_id: int, name: str, channel_type: int = 0) -> dict[str, Any]:
+    def _add_guild_channel(self, channel_id: int, name: str, channel_type: int = 0, nsfw: bool = False
+                           ) -> dict[str, Any]:
         channel = {
             "id": str(channel_id),
             "type": channel_type,
@@ -775,7 +776,7 @@ class FakeDiscord:
             "name": name,
             "position": len(self.channels),
             "permission_overwrites": [],
-            "nsfw": False,
+            "nsfw": nsfw,
             "topic": None,
             "last_message_id": None,
             "rate_limit_per_user": 0,
@@ -816,9 +817,9 @@ class FakeDiscord:
         )
         return user_id
 
-    def add_channel(self, name: str, channel_type: int = 0) -> int:
-        """Add a guild channel (type 0 text by default); returns its id."""
-        channel = self._add_guild_channel(self._ids.next(), name, channel_type)
+    def add_channel(self, name: str, channel_type: int = 0, nsfw: bool = False) -> int:
+        """Add a guild channel (type 0 text by default; ``nsfw``: age-restricted); returns its id."""
+        channel = self._add_guild_channel(self._ids.next(), name, channel_type, nsfw)
         self._dispatch_soon("CHANNEL_CREATE", channel, INTENT_GUILDS)
         return int(channel["id"])
 
