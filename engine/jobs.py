@@ -78,7 +78,8 @@ class Job:
     # Who writes what: the front end and the service write the request and the delivery fields, the worker
     # only what it measures (state, step, step_at, total_steps, sizes, result_path, fell_back, gpu_peak_bytes,
     # render_s, error). Every write names its fields, so a flag set meanwhile (Delete pressed during a
-    # render) survives the worker's last write. preview_step is the worker's too.
+    # render) survives the worker's last write. preview_step is the worker's too; the NSFW verdict fields are
+    # written by whichever process runs the classifier (the bot for nudenet, the worker for a hub model).
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -467,3 +467,20 @@ async def test_previews_are_stored_only_while_rendering_and_removed_with_the_job
     await store.put_preview(job.id, 5, data)
     await store.delete_jobs([job.id])
     assert await store.get_preview(job.id) is None
+
+
+async def test_a_recorded_refusal_is_kept_outside_the_queue_on_both_backends(store, sqlite_store):
+    for s in (store, sqlite_store):
+        _, seq = await s.changes_since(0)
+        refused = make_job("a", 1)
+        refused.state, refused.error_key, refused.verdict, refused.nsfw_score = (
+            JobState.FAILED, "nsfw_input", "flagged", 0.91)
+        kept = await s.record(refused)
+        assert kept.state == JobState.FAILED and kept.seq > seq
+        assert await s.queued() == [] and await s.claim("w") is None
+        [listed] = await s.jobs(user="a")
+        assert (listed.error_key, listed.verdict, listed.nsfw_score) == ("nsfw_input", "flagged", 0.91)
+        changed, _ = await s.changes_since(seq)
+        assert [j.id for j in changed] == [kept.id]
+        # A refusal takes no place among the user's active jobs.
+        await s.submit(make_job("a", 2), Limits(per_user=1))
