@@ -180,12 +180,12 @@ async def test_previews_reach_the_status_and_one_refused_by_flood_control_is_ski
             self.sent: list[tuple[str, bool]] = []   # (text, carried a preview) of each edit that went out
             self.refused: str | None = None
 
-        async def edit_status(self, text, buttons, preview=None):
+        async def edit_status(self, text, buttons, preview=None, spoiler=False):
             if preview is not None and self.refused is None:
                 self.refused = text
                 raise RetryLater(0.4)
             self.sent.append((text, preview is not None))
-            await super().edit_status(text, buttons, preview)
+            await super().edit_status(text, buttons, preview, spoiler)
 
     async with running_stack(config, tiny_parts) as stack:
         sub = await stack.core.submit(request())
