@@ -256,9 +256,10 @@ async def with_retries(fn: Callable[[], Awaitable[Any]], attempts: int = 5, base
 
 @dataclass(frozen=True)
 class Button:
-    action: str       # cancel | hq | reroll | delete | info
+    action: str       # one of BUTTON_ACTIONS
     job_id: str
     label: str
+    row: int = 0      # a result's first row holds what is used most; the rest is behind More
 
     @property
     def custom_id(self) -> str:
@@ -273,11 +274,11 @@ def parse_custom_id(custom_id: str) -> tuple[str, str] | None:
     return None
 
 
-BUTTON_ACTIONS = ("cancel", "hq", "reroll", "delete", "info")
+BUTTON_ACTIONS = ("cancel", "hq", "reroll", "extend", "more", "smooth", "loop", "delete", "info")
 
 
-def buttons(locale: str | None, job_id: str, *actions: str) -> list[Button]:
-    return [Button(a, job_id, t(locale, f"buttons.{a}")) for a in actions]
+def buttons(locale: str | None, job_id: str, *actions: str, row: int = 0) -> list[Button]:
+    return [Button(a, job_id, t(locale, f"buttons.{a}"), row) for a in actions]
 
 
 # ---------------------------------------------------------------- requests and the UI a platform provides
@@ -299,6 +300,8 @@ class JobRequest:
     speed: str | None = None
     scope: str | None = None         # server / chat id (its word list, the audit log); None in a Discord DM
     safety_rule: Rule = "withhold"   # where flagged content may go from this chat (engine/safety.py)
+    smooth: bool | None = None       # interpolate to 24 fps; None: as the preset says
+    loop: bool = False
     subject: str | None = None       # the template's slots, when the user filled them apart from the prompt
     environment: str | None = None
 
@@ -354,6 +357,9 @@ class BotCore:
         self._admission = asyncio.Semaphore(4)
         self._warm_up()
         self.gate = bot_gate(config.safety)   # nudenet, when configured: checks uploads, previews, results
+        # Smooth and Loop re-encode here, on the bot's CPU: one at a time per user, two at a time in all.
+        self._edit_locks: dict[str, asyncio.Lock] = {}
+        self._edit_slots = asyncio.Semaphore(2)
 
     @staticmethod
     def _warm_up() -> None:
@@ -421,7 +427,7 @@ class BotCore:
             safety_rule=req.safety_rule, verdict=verdict,
             # The tips are kept with the job, so a restarted bot still shows them under the status.
             options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, "hints": hints,
-                     **slots},
+                     "smooth": req.smooth, "loop": req.loop, **slots},
         )
         return Submitted(job, hints)
 
@@ -583,9 +589,7 @@ class BotCore:
             await self.service.mark_delivered(job.id)
             return
         caption = self.caption(job, locale)
-        actions = buttons(locale, job.id, "hq", "reroll", "delete", "info")
-        if job.preset == "hq" or job.fell_back:
-            actions = [b for b in actions if b.action != "hq"]
+        actions = self.result_buttons(job, locale)
         spoiler = placement(job.verdict == "flagged", job.safety_rule) == "spoiler"
         t0 = time.perf_counter()
         await with_retries(lambda: ui.deliver(job, video, caption, actions, spoiler=spoiler))
@@ -615,13 +619,37 @@ class BotCore:
             lines.append(t(locale, "result.suggest_hq"))
         return "\n".join(lines)
 
+    def result_buttons(self, job: Job, locale: str | None, expanded: bool = False) -> list[Button]:
+        """A result's buttons: HQ, Re-roll and Extend first, then More, which opens Smooth, Loop, Delete, Info
+        (only those that would change something)."""
+        from engine.media.clip import clip_edits
+
+        preset = self.config.presets.get(job.preset)
+        smooth, loop = clip_edits(job, preset) if preset else (False, False)
+        first = [a for a, show in (("hq", job.preset != "hq" and not job.fell_back), ("reroll", True),
+                                   ("extend", job.extension < self.config.queue.max_extends)) if show]
+        more = [a for a, show in (("smooth", not smooth), ("loop", not loop), ("delete", True), ("info", True))
+                if show]
+        if expanded:
+            return buttons(locale, job.id, *first) + buttons(locale, job.id, *more, row=1)
+        return buttons(locale, job.id, *first, "more")
+
     def info_text(self, job: Job, locale: str | None) -> str:
         preset = self.config.presets.get(job.fell_back or job.preset)
-        return t(locale, "result.info", prompt=job.prompt, preset=job.fell_back or job.preset,
+        text = t(locale, "result.info", prompt=job.prompt, preset=job.fell_back or job.preset,
                  steps=job.total_steps, scheduler=preset.scheduler if preset else "?",
                  guidance=preset.guidance if preset else "?", seed=job.seed, width=job.width,
                  height=job.height, frames=job.frames, fps=preset.fps if preset else "?",
                  seconds=f"{(job.finished_at or 0) - (job.started_at or 0):.1f}")
+        from engine.media.clip import clip_edits
+
+        edits = [t(locale, f"result.edit_{name}") for name, on in zip(
+            ("smooth", "loop"), clip_edits(job, preset) if preset else (False, False), strict=True) if on]
+        if edits:
+            text += "\n" + " · ".join(edits)
+        if job.extends:
+            text += "\n" + t(locale, "result.info_extension", number=job.extension, parent=job.extends)
+        return text
 
     async def resume_following(self, platform: str, make_ui: Callable[[Job], JobUI | None]) -> list[asyncio.Task]:
         """After a restart: follow every job of this platform whose user has not heard the outcome yet.
@@ -672,7 +700,38 @@ class BotCore:
                 locale=locale or src.locale, user_name="", options={"suggest_hq": False},
                 safety_rule=safety_rule or src.safety_rule, verdict=verdict)
             return "", new
+        if action == "extend":
+            return "", await self._extend(await self.service.require(job_id), user, locale,
+                                          safety_rule)
+        if action in ("smooth", "loop"):
+            return "", await self._edit_clip(await self.service.require(job_id), action, user, locale)
         raise UserError("Unknown button.", "unknown_button")
+
+    async def more_buttons(self, job_id: str, locale: str | None) -> list[Button]:
+        """The whole set of a result's buttons, for its More button."""
+        return self.result_buttons(await self.service.require(job_id), locale, expanded=True)
+
+    async def _extend(self, src: Job, user: str, locale: str | None, safety_rule: Rule | None) -> Job:
+        limit = self.config.queue.max_extends
+        if src.extension >= limit:
+            raise UserError(f"This clip has been extended {limit} times, the most one clip can be.", "max_extends",
+                            limit=limit)
+        async with self._image_work:
+            frame = await asyncio.to_thread(self.service.last_frame, src)
+            verdict = await asyncio.to_thread(self.gate.check_image, "input", frame)
+        return await self.service.extend(src, frame, user=user, locale=locale or src.locale,
+                                         safety_rule=safety_rule or src.safety_rule, verdict=verdict)
+
+    async def _edit_clip(self, src: Job, action: str, user: str, locale: str | None) -> Job:
+        from engine.media.clip import clip_edits
+
+        lock = self._edit_locks.setdefault(user, asyncio.Lock())
+        if lock.locked():
+            raise UserError("Your last Smooth or Loop is still being made; one moment.", "edit_busy")
+        smooth, loop = clip_edits(src, self.config.preset(src.preset))
+        async with lock, self._edit_slots:
+            return await self.service.edit_clip(src, user=user, locale=locale or src.locale,
+                                                smooth=smooth or action == "smooth", loop=loop or action == "loop")
 
     async def cancel_latest(self, platform: str, user_id: str) -> Job | None:
         user = f"{platform}:{user_id}"

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--speed", default=None)
     g.add_argument("--out", default=None)
     g.add_argument("--json", action="store_true", help="one JSON object per step on stdout")
+    g.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=None,
+                   help="interpolate to 24 fps (default: the preset's smooth)")
+    g.add_argument("--loop", action="store_true", help="forward, then backward: a seamless loop")
+    g.add_argument("--extend", type=int, default=0, metavar="N",
+                   help="continue the clip N times from its last frame (same prompt and seed), joined")
     g.add_argument("--preview-dir", default=None,
                    help="write the previews of the clip as it forms here (GIFs, every [preview] every_s)")
     _common(g)
@@ -161,7 +166,10 @@ def cmd_generate(args) -> int:
     prompt = _build_prompt(text, args.camera, args.speed)
     preset_name = _resolve_preset(config, args.preset, text, image)
     out = Path(args.out) if args.out else Path(args.image).with_suffix(".mp4")
+    if args.extend < 0:
+        raise UserError("--extend takes a number of extensions, 0 or more.", "usage")
 
+    from engine.media.clip import finish, join
     from engine.media.video import write_mp4
     from engine.render.fastpath import build_renderer
     from engine.render.model import load_model
@@ -181,18 +189,29 @@ def cmd_generate(args) -> int:
             print(msg, file=sys.stderr)
 
     previews = _preview_writer(Path(args.preview_dir), config, preset_name, args.json) if args.preview_dir else None
+    negative = args.negative if args.negative is not None else eng.negative_prompt
+    preset = config.presets[preset_name]
     try:
-        result = renderer.render(image, prompt, args.negative if args.negative is not None else eng.negative_prompt,
-                                 config.presets[preset_name], seed, config.presets, on_step=bar,
+        result = renderer.render(image, prompt, negative, preset, seed, config.presets, on_step=bar,
                                  on_fallback=on_fallback, previews=previews)
     finally:
         if previews is not None:
             previews.close()
-    path = write_mp4(result.frames, out, fps=result.fps)
+    frames = result.frames
+    for _ in range(args.extend):   # each continues from the last frame so far, as the Extend button does
+        from PIL import Image
+
+        more = renderer.render(Image.fromarray(frames[-1]), prompt, negative, preset, seed, config.presets,
+                               on_step=bar, on_fallback=on_fallback)
+        frames = join(frames, more.frames)
+    smooth = preset.smooth if args.smooth is None else args.smooth
+    frames, fps = finish(frames, result.fps, smooth_it=smooth, loop_it=args.loop)
+    path = write_mp4(frames, out, fps=fps)
     if args.json:
         print(json.dumps({"path": str(path), "seed": seed, "preset": result.preset.name,
                           "fell_back": result.fell_back, "seconds": round(result.seconds, 3),
-                          "width": result.width, "height": result.height}), flush=True)
+                          "width": result.width, "height": result.height, "frames": len(frames), "fps": fps}),
+              flush=True)
     else:
         print(path)
     return 0

@@ -72,6 +72,7 @@ class QueueConfig(Section):
     jobs_per_hour: NonNegInt = 20
     default_step_s: dict[str, NonNegFloat] = Field(default_factory=lambda: {"quick": 0.25, "hq": 0.25, "lite": 0.07})
     default_overhead_s: NonNegFloat = 2.0
+    max_extends: NonNegInt = 3      # extensions in one chain (a clip and its extensions); 0 = no Extend
 
 
 class LimitsConfig(Section):

@@ -66,6 +66,11 @@ class Job:
     render_s: float = 0.0
     preview_step: int = 0           # the step of the latest preview in the store (0: none yet)
     server: str = ""                # the Discord server or Telegram group ("" in a direct message)
+    # The plain clip (the render at its preset's fps, joined after the clip it extends): what Extend continues
+    # and what Smooth and Loop re-encode. result_path is the delivered clip, the same file when unedited.
+    clip_path: str = ""
+    extends: str = ""               # the job whose clip this one continues (Extend)
+    extension: int = 0              # its number in the chain: 1 for the first extension
     # The NSFW gate (engine/safety.py): where flagged content of this job may go, the highest score seen
     # (-1: never checked), "passed" / "flagged" ("" unchecked) and the first stage that flagged it.
     safety_rule: str = "allow"

@@ -29,6 +29,7 @@ class Preset:
     fps: Annotated[int, Field(ge=1)] = 8
     guidance: Annotated[float, Field(ge=0)] = 9.0
     fallback: str = ""                                    # preset retried with on out-of-memory; "" none
+    smooth: bool = False                                  # interpolate the clip to 24 fps (engine/media/clip.py)
 
     def bucket(self, aspect: str) -> tuple[int, int]:
         """(width, height) for a named aspect: sides multiple of 64, area within the pixel budget."""
@@ -61,7 +62,8 @@ def _bucket(pixels: int, ratio: float) -> tuple[int, int]:
 
 
 DEFAULT_PRESETS: dict[str, Preset] = {
-    "quick": Preset("quick", 30, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite"),
-    "hq": Preset("hq", 50, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite"),
+    # Smooth by default: 2 s of stutter become 24 fps for about 2 CPU-seconds (docs/PERFORMANCE.md).
+    "quick": Preset("quick", 30, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite", smooth=True),
+    "hq": Preset("hq", 50, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite", smooth=True),
     "lite": Preset("lite", 30, "dpmpp_2m", 256 * 256, 8, 8, 9.0, ""),
 }

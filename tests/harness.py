@@ -17,10 +17,12 @@ from engine.queue.service import JobService
 from engine.queue.worker import Worker
 from tests.tiny_model import make_photo
 
-# Small shapes so a render takes a fraction of a second on two CPU cores.
+# Small shapes so a render takes a fraction of a second on two CPU cores; not smoothed unless a test asks.
 TINY_PRESETS = {
-    "quick": {"steps": 2, "scheduler": "dpmpp_2m", "pixels": 64 * 64, "frames": 4, "fps": 8, "fallback": "lite"},
-    "hq": {"steps": 4, "scheduler": "dpmpp_2m", "pixels": 64 * 64, "frames": 4, "fps": 8, "fallback": "lite"},
+    "quick": {"steps": 2, "scheduler": "dpmpp_2m", "pixels": 64 * 64, "frames": 4, "fps": 8, "fallback": "lite",
+              "smooth": False},
+    "hq": {"steps": 4, "scheduler": "dpmpp_2m", "pixels": 64 * 64, "frames": 4, "fps": 8, "fallback": "lite",
+           "smooth": False},
     "lite": {"steps": 2, "scheduler": "dpmpp_2m", "pixels": 64 * 64, "frames": 2, "fps": 8, "fallback": ""},
 }
 

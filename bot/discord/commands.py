@@ -62,7 +62,8 @@ class Commands:
     def _register(self) -> None:
         commands, front, tree = self, self.front, self.tree
 
-        options = ("image", "prompt", "seed", "negative", "camera", "speed", "subject", "environment")
+        options = ("image", "prompt", "seed", "negative", "camera", "speed", "subject", "environment", "smooth",
+                   "loop")
 
         @app_commands.rename(**{o: text(f"opt_{o}") for o in options})
         @app_commands.describe(**{o: text(f"optdesc_{o}") for o in options})
@@ -74,10 +75,12 @@ class Commands:
                                  seed: Range[int, 0, MAX_SEED] | None = None, negative: str | None = None,
                                  camera: str | None = None, speed: str | None = None,
                                  subject: Range[str, 1, 200] | None = None,
-                                 environment: Range[str, 1, 200] | None = None) -> None:
+                                 environment: Range[str, 1, 200] | None = None, smooth: bool | None = None,
+                                 loop: bool | None = None) -> None:
             preset = "hq" if interaction.command and interaction.command.name == "hq" else "quick"
             await commands.render(interaction, image, prompt, preset, seed=seed, negative=negative or "",
-                                  camera=camera, speed=speed, subject=subject, environment=environment)
+                                  camera=camera, speed=speed, subject=subject, environment=environment,
+                                  smooth=smooth, loop=bool(loop))
 
         for name in ("animate", "hq"):
             tree.add_command(app_commands.Command(name=text(f"name_{name}"), description=text(f"desc_{name}"),
@@ -195,7 +198,8 @@ class Commands:
 
     async def render(self, interaction: discord.Interaction, attachment: discord.Attachment, prompt: str,
                      preset: str, *, seed: int | None = None, negative: str = "", camera: str | None = None,
-                     speed: str | None = None, subject: str | None = None, environment: str | None = None) -> None:
+                     speed: str | None = None, subject: str | None = None, environment: str | None = None,
+                     smooth: bool | None = None, loop: bool = False) -> None:
         """Check the upload from its metadata, defer, download, submit and follow."""
         front, core = self.front, self.front.core
         locale = str(interaction.locale)
@@ -215,7 +219,7 @@ class Commands:
                 chat_id=str(interaction.channel_id), locale=locale, image=image, prompt=prompt, preset=preset,
                 seed=seed, negative_prompt=negative, camera=camera, speed=speed, scope=scope,
                 subject=subject, environment=environment,
-                safety_rule=safety_rule(interaction, front.config.safety.allow_in_dms),
+                safety_rule=safety_rule(interaction, front.config.safety.allow_in_dms), smooth=smooth, loop=loop,
             ), status_ref=ref.dumps())
         except UserError as exc:
             await answer_deferred(interaction, error_text(exc, locale))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.core import BUTTON_ACTIONS, Button, error_text, t
-from bot.discord.api import NO_MENTIONS, PLATFORM, reply, safety_rule
+from bot.discord.api import NO_MENTIONS, PLATFORM, answer_deferred, reply, safety_rule
 from engine.errors import UserError
 from engine.jobs import Job
 
@@ -30,7 +30,10 @@ BUTTON_STYLES = {
     "reroll": discord.ButtonStyle.secondary,
     "delete": discord.ButtonStyle.secondary,
     "info": discord.ButtonStyle.secondary,
+    "extend": discord.ButtonStyle.primary,
 }
+# Actions whose work (a re-encode, reading a clip) may outlast Discord's 3 s to answer: deferred first.
+SLOW_ACTIONS = ("extend", "smooth", "loop")
 
 
 # ---------------------------------------------------------------- buttons
@@ -40,9 +43,9 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button],
                 template=rf"anim:(?P<action>{'|'.join(BUTTON_ACTIONS)}):(?P<job_id>[\w-]{{1,64}})"):
     """A job's button, rebuilt from its custom id alone."""
 
-    def __init__(self, action: str, job_id: str, label: str = ""):
+    def __init__(self, action: str, job_id: str, label: str = "", row: int | None = None):
         button = Button(action, job_id, label)
-        super().__init__(discord.ui.Button(label=label or action, custom_id=button.custom_id,
+        super().__init__(discord.ui.Button(label=label or action, custom_id=button.custom_id, row=row,
                                            style=BUTTON_STYLES.get(action, discord.ButtonStyle.secondary)))
         self.action, self.job_id = action, job_id
 
@@ -64,7 +67,7 @@ def job_view(buttons: list[Button]) -> discord.ui.View | None:
         return None
     view = discord.ui.View(timeout=None)
     for b in buttons:
-        view.add_item(JobButton(b.action, b.job_id, b.label))
+        view.add_item(JobButton(b.action, b.job_id, b.label, b.row))
     return view
 
 
@@ -73,7 +76,14 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
     locale = str(interaction.locale)
     if not await front.commands.allowed_here(interaction):
         return
+    if action in SLOW_ACTIONS:
+        await _slow_action(front, interaction, action, job_id)
+        return
     try:
+        if action == "more":   # the result's second row, in place
+            view = job_view(await front.core.more_buttons(job_id, locale))
+            await interaction.response.edit_message(view=view)
+            return
         text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(interaction.user.id), locale,
                                                    safety_rule(interaction, front.config.safety.allow_in_dms))
     except UserError as exc:
@@ -88,6 +98,26 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
         await reply(interaction, text)
     else:
         await interaction.response.defer()
+
+
+async def _slow_action(front: DiscordFrontEnd, interaction: discord.Interaction, action: str, job_id: str) -> None:
+    """Extend, Smooth, Loop: answered at once with the new clip's status message, which then says how it went."""
+    locale = str(interaction.locale)
+    response = await interaction.response.defer(thinking=True)
+    ref = front.status_ref(interaction, response)
+    try:
+        _, job = await front.core.on_button(action, job_id, PLATFORM, str(interaction.user.id), locale,
+                                            safety_rule(interaction, front.config.safety.allow_in_dms))
+    except UserError as exc:
+        await answer_deferred(interaction, error_text(exc, locale))
+        return
+    except Exception:
+        log.exception("button %s failed", action)
+        await answer_deferred(interaction, t(locale, "errors.generic"))
+        return
+    assert job is not None
+    await front.core.service.set_status_ref(job.id, ref.dumps())
+    front.follow(job, ref, interaction)
 
 
 async def _follow_new_job(front: DiscordFrontEnd, interaction: discord.Interaction, job: Job) -> None:

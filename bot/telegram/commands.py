@@ -44,7 +44,7 @@ TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
 MEDIA = filters.PHOTO | filters.Document.ALL | filters.VIDEO | filters.ANIMATION
 ADMIN_COMMANDS = ("stats", "pause", "resume", "ban", "unban")
 
-MENU_COMMANDS = ("animate", "hq", "queue", "cancel", "info", "forget", "privacy", "help")   # texts: [telegram] in templates
+MENU_COMMANDS = ("animate", "hq", "extend", "queue", "cancel", "info", "forget", "privacy", "help")   # texts: [telegram] in templates
 
 
 def command_texts(locale: str) -> list[BotCommand]:
@@ -210,6 +210,7 @@ class Commands:
                 seed=options.get("seed"), negative_prompt=options.get("negative") or "",
                 camera=options.get("camera"), speed=options.get("speed"),
                 scope=str(message.chat_id), safety_rule=config.safety.telegram,
+                smooth=options.get("smooth"), loop=bool(options.get("loop")),
                 subject=options.get("subject"), environment=options.get("environment"),
             )
             submitted = await core.submit(request)
@@ -307,6 +308,28 @@ class Commands:
             return await self.front.core.admin(PLATFORM, user_id, locale, command_name(message.text),
                                                command_rest(message.text))
         await self._run_command(update, produce)
+
+    async def on_extend(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/extend as a reply to a result: its next extension, followed in a status message of its own."""
+        if (sent := sender_of(update)) is None:
+            return
+        message, user = sent
+        locale = locale_of(message)
+        core = self.front.core
+        try:
+            if not self.allowed(message.chat_id, user.id):
+                raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
+            target = message.reply_to_message
+            job_id = await self.job_for_message(message.chat_id, target.message_id) if target else None
+            if job_id is None:
+                raise UserError("Reply to one of my videos with /extend to make it longer.", "extend_usage")
+            _, job = await core.on_button("extend", job_id, PLATFORM, str(user.id), locale,
+                                          self.front.config.safety.telegram)
+        except UserError as exc:
+            await self._refuse(message, exc)
+            return
+        assert job is not None
+        await self.follow(job, message.chat_id, message.message_id, locale, user.first_name, [])
 
     async def on_info(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async def produce(message, locale, user_id):

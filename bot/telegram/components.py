@@ -26,11 +26,15 @@ log = logging.getLogger("bot.telegram")
 ALERT_LIMIT = 200               # answerCallbackQuery text limit
 
 
-def keyboard(buttons: list[Button], per_row: int = 2) -> InlineKeyboardMarkup | None:
+def keyboard(buttons: list[Button], per_row: int = 4) -> InlineKeyboardMarkup | None:
+    """Each `Button.row` on rows of its own, at most `per_row` keys a row."""
     if not buttons:
         return None
-    keys = [InlineKeyboardButton(b.label, callback_data=b.custom_id) for b in buttons]
-    return InlineKeyboardMarkup([keys[i:i + per_row] for i in range(0, len(keys), per_row)])
+    rows: list[list[InlineKeyboardButton]] = []
+    for row in sorted({b.row for b in buttons}):
+        keys = [InlineKeyboardButton(b.label, callback_data=b.custom_id) for b in buttons if b.row == row]
+        rows += [keys[i:i + per_row] for i in range(0, len(keys), per_row)]
+    return InlineKeyboardMarkup(rows)
 
 
 class Buttons:
@@ -56,6 +60,12 @@ class Buttons:
             chat_id = message.chat.id if message else None
             if chat_id is not None and not front.commands.allowed(chat_id, user.id):
                 raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
+            if action == "more":   # the result's second row, in place
+                markup = keyboard(await front.core.more_buttons(job_id, locale))
+                if isinstance(message, Message):
+                    await message.edit_reply_markup(reply_markup=markup)
+                await self._answer(query, "", False)
+                return
             text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(user.id), locale,
                                                        front.config.safety.telegram)
             if action == "delete" and message is not None:

@@ -12,6 +12,8 @@ _FLAG_NAMES = {"camera": "camera", "cam": "camera", "speed": "speed", "seed": "s
                "neg": "negative", "preset": "preset", "subject": "subject", "environment": "environment",
                "env": "environment"}
 _FREE_TEXT_FLAGS = ("negative", "subject", "environment")
+# Flags without a value: (option, value).
+_SWITCHES = {"smooth": ("smooth", True), "no-smooth": ("smooth", False), "loop": ("loop", True)}
 _MAX_SEED = 2**32 - 1
 # "--" and what phones and input methods turn it into: em dash, en dash, a Chinese double em dash.
 _FLAG = re.compile(r"(?:^|(?<=\s))(--|——|—|–|−−)([A-Za-z][A-Za-z_-]*)(=|\s+|$)")
@@ -22,6 +24,7 @@ def parse_flags(caption: str) -> tuple[str, dict]:
     """Split '--camera zoom-in --speed slow a cat' into ('a cat', {'camera': 'zoom-in', 'speed': 'slow'}).
     Also '—camera' / '–camera' (phones replace '--'), '--camera=zoom-in', '--camera zoom in', '--seed 42',
     '--negative "blurry, dark"' (unquoted: up to the next option), '--preset hq', '--subject', '--env'.
+    '--smooth' / '--no-smooth' / '--loop' take no value (options smooth: bool, loop: True).
     Option keys: camera, speed (checked choices), seed (int), negative, subject, environment (text), preset
     (a lower-case name; the caller checks it against the configured presets, "auto" included).
     A '--' option with an unknown name is an error; with a dash that phones insert it is left as prose."""
@@ -31,8 +34,14 @@ def parse_flags(caption: str) -> tuple[str, dict]:
     pos = 0
     while m := _FLAG.search(caption, pos):
         dash, raw_name = m.group(1), m.group(2)
-        name = _FLAG_NAMES.get(raw_name.lower().replace("_", "-"))
+        key = raw_name.lower().replace("_", "-")
+        name = _FLAG_NAMES.get(key)
         text_parts.append(caption[pos:m.start()])
+        if key in _SWITCHES and m.group(3) != "=":
+            option, value = _SWITCHES[key]
+            options[option] = value
+            pos = m.end()
+            continue
         if name is None:
             if dash == "--":
                 raise UserError(f"Unknown option --{raw_name}; use {', '.join('--' + n for n in _flag_list())}.",
@@ -47,7 +56,7 @@ def parse_flags(caption: str) -> tuple[str, dict]:
 
 
 def _flag_list() -> list[str]:
-    return list(dict.fromkeys(_FLAG_NAMES.values()))
+    return [*dict.fromkeys(_FLAG_NAMES.values()), *_SWITCHES]
 
 
 def _flag_value(caption: str, at: int, name: str, explicit: bool) -> tuple[str | None, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -70,6 +71,16 @@ def private_file(path: Path, data: bytes | None = None) -> None:
     os.chmod(path, 0o600)
 
 
+def write_clip(frames, path: Path, fps: int) -> Path:
+    """An MP4 in the results folder, readable by the bot's user only."""
+    from engine.media.video import write_mp4
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out = Path(write_mp4(frames, path, fps=fps))
+    private_file(out)
+    return out
+
+
 def _assign(job: Job, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         setattr(job, name, value)
@@ -128,7 +139,8 @@ class JobService:
                      preset: str = "quick", seed: int | None = None, negative_prompt: str = "",
                      platform: str = "cli", chat: str = "", user_name: str = "", locale: str = "en",
                      status_ref: str = "", options: dict[str, Any] | None = None, parent: str = "",
-                     server: str = "", safety_rule: str = "allow", verdict: Verdict | None = None) -> Job:
+                     server: str = "", safety_rule: str = "allow", verdict: Verdict | None = None,
+                     extends: str = "", extension: int = 0) -> Job:
         """Queue a job. `image` is a validated RGB PIL image, or a path of one already in the data folder.
         `verdict` is the NSFW gate's on the image, where the front end checked it; `safety_rule` says where
         flagged content of this job may go.
@@ -144,7 +156,8 @@ class JobService:
             preset=spec.name, seed=secrets.randbelow(2**31) if seed is None else int(seed), image_path="",
             platform=platform, chat=str(chat), user_name=user_name, locale=locale, negative_prompt=negative_prompt,
             status_ref=status_ref, options=dict(options or {}), parent=parent, server=server,
-            safety_rule=safety_rule, total_steps=spec.steps, frames=spec.frames,
+            safety_rule=safety_rule, total_steps=spec.steps, frames=spec.frames, extends=extends,
+            extension=extension,
         )
         if verdict is not None:
             _assign(job, verdict_fields(job, verdict))
@@ -179,11 +192,10 @@ class JobService:
         """A flagged result that may not be posted where it was asked for: the job ends failed, its video
         is deleted."""
         job = await self.require(job_id)
-        if job.result_path:
-            Path(job.result_path).unlink(missing_ok=True)
+        self._remove_files(job)
         log.info("job %s withheld (score %.3f)", job_id, job.nsfw_score)
-        return await self.store.update(job_id, state=JobState.FAILED, result_path="", error_key="nsfw_output",
-                                       error=SAFETY_REASONS["nsfw_output"])
+        return await self.store.update(job_id, state=JobState.FAILED, result_path="", clip_path="",
+                                       image_path="", error_key="nsfw_output", error=SAFETY_REASONS["nsfw_output"])
 
     @staticmethod
     def _save_image(image: Any, path: Path) -> tuple[int, int]:
@@ -213,10 +225,70 @@ class JobService:
             user=user, image=src.image_path, prompt_raw=src.prompt_raw, prompt=src.prompt,
             preset=preset or src.preset, seed=None if new_seed else src.seed, negative_prompt=src.negative_prompt,
             platform=src.platform, chat=src.chat, locale=src.locale, options=options, parent=src.id,
-            server=src.server, safety_rule=src.safety_rule,
+            server=src.server, safety_rule=src.safety_rule, extends=src.extends, extension=src.extension,
         )
         args.update(fields)
         return await self.submit(**args)
+
+    # ---- clip edits: Extend (a queued job), Smooth and Loop (done here, at once) ----
+
+    @staticmethod
+    def last_frame(job: Job) -> Any:
+        """The last frame of a job's plain clip, as an image: where its extension starts."""
+        from PIL import Image
+
+        from engine.media.video import read_mp4_frames
+
+        if job.expired or not job.clip_path or not Path(job.clip_path).exists():
+            raise UserError("This video has expired; please send the image again.", "expired")
+        return Image.fromarray(read_mp4_frames(job.clip_path)[-1])
+
+    async def extend(self, src: Job, frame: Any, *, user: str, locale: str, safety_rule: str,
+                     verdict: Verdict | None = None) -> Job:
+        """Queue the next extension of a clip: a render from its last frame with the same prompt and seed,
+        delivered joined after it."""
+        return await self.submit(
+            user=user, image=frame, prompt_raw=src.prompt_raw, prompt=src.prompt, preset=src.preset, seed=src.seed,
+            negative_prompt=src.negative_prompt, platform=src.platform, chat=src.chat, locale=locale,
+            options={**src.options, "suggest_hq": False}, parent=src.id, server=src.server,
+            safety_rule=safety_rule, verdict=verdict, extends=src.id, extension=src.extension + 1)
+
+    async def edit_clip(self, src: Job, *, user: str, locale: str, smooth: bool, loop: bool) -> Job:
+        """A new finished job: `src`'s plain clip smoothed and/or looped, with copies of its files (so either
+        can be deleted alone)."""
+        from engine.media.clip import finish
+        from engine.media.video import read_mp4_frames
+
+        if src.expired or not src.clip_path or not Path(src.clip_path).exists():
+            raise UserError("This video has expired; please send the image again.", "expired")
+        fps = self.config.preset(src.fell_back or src.preset).fps
+        job_id = new_job_id()
+        results, images = self.data_dir / "results", self.data_dir / "images"
+
+        def make() -> tuple[Path, Path, Path]:
+            frames, out_fps = finish(read_mp4_frames(src.clip_path), fps, smooth_it=smooth, loop_it=loop)
+            out = write_clip(frames, results / f"{job_id}.mp4", out_fps)
+            clip, image = results / f"{job_id}.clip.mp4", images / f"{job_id}.png"
+            for source, copy in ((src.clip_path, clip), (src.image_path, image)):
+                if source and Path(source).exists():
+                    shutil.copyfile(source, copy)
+                    private_file(copy)
+            return out, clip, image
+
+        out, clip, image = await asyncio.to_thread(make)
+        now = time.time()
+        job = dataclasses.replace(
+            src, id=job_id, user=user, locale=locale, parent=src.id, state=JobState.DONE, created_at=now,
+            started_at=now, finished_at=now, result_path=str(out), clip_path=str(clip),
+            image_path=str(image) if image.exists() else "", options={**src.options, "smooth": smooth,
+                                                                       "loop": loop, "suggest_hq": False},
+            status_ref="", delivered=False, expired=False, cancel_requested=False, error="", error_key="",
+            worker="", attempts=0, retried=False, preview_step=0, render_s=0.0, gpu_peak_bytes=0)
+        job = await self.store.record(job)
+        log.info("job %s: %s of %s made", job.id, "+".join(n for n, on in (("smooth", smooth), ("loop", loop))
+                                                          if on), src.id)
+        self._wake.set()
+        return job
 
     # ---- reading ----
 
@@ -400,7 +472,7 @@ class JobService:
 
     @staticmethod
     def _remove_files(job: Job) -> None:
-        for p in (job.image_path, job.result_path):
+        for p in {job.image_path, job.result_path, job.clip_path}:
             if p:
                 Path(p).unlink(missing_ok=True)
 

@@ -181,7 +181,8 @@ class Worker:
             result = await asyncio.to_thread(self._render, job, progress, asyncio.get_running_loop())
             if await self._withheld(job, "output", result.frames):   # nothing of it is kept
                 return await self._fail(job, SAFETY_REASONS["nsfw_output"], "nsfw_output")
-            out = await asyncio.to_thread(self._write_result, job, result)
+            base = await self._extended_clip(job)
+            clip, out = await asyncio.to_thread(self._write_result, job, result, base)
         except RenderCancelled:
             if progress.lost:
                 log.warning("job %s was taken over by another worker; dropping this render", job.id)
@@ -221,14 +222,25 @@ class Worker:
         key = shape_key(result.preset.name, result.width, result.height, result.preset.frames)
         await self.store.record_step_time(key, step_s, max(0.0, seconds - step_s * result.steps))
         done = await self.store.finish(
-            job.id, JobState.DONE, result_path=str(out), step=result.steps, total_steps=result.steps,
+            job.id, JobState.DONE, result_path=str(out), clip_path=str(clip), step=result.steps,
+            total_steps=result.steps,
             fell_back=result.preset.name if result.fell_back else "",
             width=result.width, height=result.height, frames=result.preset.frames,
             gpu_peak_bytes=gpu_peak_bytes(), render_s=round(seconds, 3))
         log.info("job %s done in %.2f s%s", job.id, seconds, " (fell back)" if result.fell_back else "")
         if done.expired:   # deleted while its last step or its MP4 was being made: keep nothing of it
             out.unlink(missing_ok=True)
+            clip.unlink(missing_ok=True)
         return done
+
+    async def _extended_clip(self, job: Job) -> Path | None:
+        """The plain clip an extension continues (its frames come first in the joined clip)."""
+        if not job.extends:
+            return None
+        parent = await self.store.get(job.extends)
+        if parent is None or parent.expired or not parent.clip_path or not Path(parent.clip_path).exists():
+            raise UserError("The clip this extends has expired; please start again from the image.", "expired")
+        return Path(parent.clip_path)
 
     async def _fail(self, job: Job, reason: str, key: str = "") -> Job:
         log.info("job %s failed: %s", job.id, reason)
@@ -314,14 +326,21 @@ class Worker:
 
         return PreviewTimer(every_s, deliver)
 
-    def _write_result(self, job: Job, result) -> Path:
-        from engine.media.video import write_mp4
-        from engine.queue.service import private_file
+    def _write_result(self, job: Job, result, base: Path | None) -> tuple[Path, Path]:
+        """(the plain clip, the delivered clip): an extension joined after the clip it continues, then
+        smoothed and looped as the job asks; one file when neither applies."""
+        from engine.media.clip import clip_edits, finish, join
+        from engine.media.video import read_mp4_frames
+        from engine.queue.service import write_clip
 
-        self.results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        out = write_mp4(result.frames, self.results_dir / f"{job.id}.mp4", fps=result.fps)
-        private_file(Path(out))
-        return Path(out)
+        frames = result.frames if base is None else join(read_mp4_frames(base), result.frames)
+        smooth_it, loop_it = clip_edits(job, self.config.presets[job.preset])
+        if not (smooth_it or loop_it):
+            out = write_clip(frames, self.results_dir / f"{job.id}.mp4", result.fps)
+            return out, out
+        clip = write_clip(frames, self.results_dir / f"{job.id}.clip.mp4", result.fps)
+        edited, fps = finish(frames, result.fps, smooth_it=smooth_it, loop_it=loop_it)
+        return clip, write_clip(edited, self.results_dir / f"{job.id}.mp4", fps)
 
     async def _pump(self, job: Job, progress: _Progress) -> None:
         """Write progress as soon as a step lands (at most every PROGRESS_WRITE_S) and read cancel requests,
