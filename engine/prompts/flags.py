@@ -38,8 +38,8 @@ def parse_flags(caption: str) -> tuple[str, dict]:
         name = _FLAG_NAMES.get(key)
         text_parts.append(caption[pos:m.start()])
         if key in _SWITCHES and m.group(3) != "=":
-            option, value = _SWITCHES[key]
-            options[option] = value
+            option, on = _SWITCHES[key]
+            options[option] = on
             pos = m.end()
             continue
         if name is None:
