@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.presets import DEFAULT_PRESETS
+from engine.render.bench.clips import clip_edit_lines
 from engine.render.bench.eager import eager_end_to_end, eager_unet_rows, low_vram_row
 from engine.render.bench.fast_path import fast_path_rows
 from engine.render.bench.overheads import overhead_rows
@@ -105,6 +106,7 @@ def run_cpu_suite(setup: BenchSetup, repeat: int, report: Report) -> None:
     report.add(*format_report(setup, times, outputs).splitlines())
     report.add("", *unet_efficiency_lines(setup))
     report.add("", *preview_cost_lines(setup, repeat))
+    report.add("", *clip_edit_lines(repeat))
     report.add("", f"{'per-job work outside the model (median of ' + str(repeat) + ')':<58}{'ms':>9}")
     for label, seconds in overhead_rows(repeat):
         report.add(f"{label:<58}{1000 * seconds:>9.1f}")
