@@ -112,7 +112,7 @@ async def test_job_flows_from_submit_to_a_delivered_mp4(tmp_path, tiny_parts):
         info = probe_mp4(video)
         assert info["frames"] == 4 and info["codec"] == "h264" and (info["width"], info["height"]) == (64, 64)
         assert "a red ball slowly rolling" in caption and "seed" in caption
-        assert actions == ["hq", "reroll", "delete", "info"]
+        assert actions == ["hq", "reroll", "extend", "more"]
         assert ui.edits and all(b - a >= 0.04 for (a, _), (b, _) in zip(ui.edits, ui.edits[1:]))
         job = await stack.service.get(sub.job.id)
         assert job.state == JobState.DONE and job.delivered

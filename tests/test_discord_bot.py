@@ -149,6 +149,12 @@ def job_id_of(message: StoredMessage) -> str:
     return message.component_custom_ids()[0].split(":")[2]
 
 
+async def open_more(fake: FakeDiscord, message: StoredMessage, job_id: str) -> None:
+    """Press a result's More button: its second row (Smooth, Loop, Delete, Info) joins the first, in place."""
+    await fake.click_button(message.id, f"anim:more:{job_id}")
+    await fake.wait_for(lambda: f"anim:info:{job_id}" in fake.messages[message.id].component_custom_ids())
+
+
 def channel_status_id(fake: FakeDiscord, job_id: str) -> int:
     """The channel status message the bot posted for a job once its interaction token was gone."""
     return next(m.id for m in fake.messages.values() if m.nonce == f"{job_id}s0")
@@ -182,7 +188,12 @@ async def test_animate_defers_edits_progress_and_delivers_an_mp4(tmp_path, fake,
         # The result mentions its owner and nobody else, even with @everyone in the prompt.
         assert result.content.startswith(f"🎞️ <@{fake.user_id}>") and "@everyone" in result.content
         assert pinged(upload) == ([], [fake.user_id])
-        assert result.component_custom_ids() == [f"anim:{a}:{job.id}" for a in ("hq", "reroll", "delete", "info")]
+        assert result.component_custom_ids() == [f"anim:{a}:{job.id}" for a in ("hq", "reroll", "extend", "more")]
+        await open_more(fake, result, job.id)
+        assert result.component_custom_ids() == [f"anim:{a}:{job.id}" for a in (
+            "hq", "reroll", "extend", "smooth", "loop", "delete", "info")]
+        assert [r["components"][0]["custom_id"] for r in result.components] == [
+            f"anim:hq:{job.id}", f"anim:smooth:{job.id}"]   # two rows
 
 
 async def test_hq_with_camera_and_speed_then_buttons(tmp_path, fake, tiny_parts):
@@ -196,6 +207,7 @@ async def test_hq_with_camera_and_speed_then_buttons(tmp_path, fake, tiny_parts)
         assert "slow zoom in" in job.prompt and "slow motion" in job.prompt
         assert "4 steps" in result.content and "anim:hq:" not in str(result.components)
 
+        await open_more(fake, result, job.id)
         info = await fake.click_button(result.id, f"anim:info:{job.id}", user_id=fake.other_user_id)
         text = await ephemeral_reply(fake, info)
         assert job.prompt in text and "Seed: 42" in text and "hq · 4 steps · dpmpp_2m" in text
@@ -233,6 +245,7 @@ async def test_hq_button_renders_the_same_seed_and_delete_removes_the_video(tmp_
         assert hq_job.user == f"discord:{fake.other_user_id}"
         assert hq.original_message.id != result.id and len(result.attachments) == 1
 
+        await open_more(fake, result, job.id)
         refused = await fake.click_button(result.id, f"anim:delete:{job.id}", user_id=fake.other_user_id)
         assert "Only the person who asked" in await ephemeral_reply(fake, refused)
         delete = await fake.click_button(result.id, f"anim:delete:{job.id}")
@@ -415,6 +428,7 @@ async def test_restart_keeps_buttons_resumes_jobs_and_syncs_only_on_change(tmp_p
 
     async with running_bot(config, fake, tiny_parts) as bot:
         assert not bot.front.synced and fake.command_syncs == 1
+        await open_more(fake, result, job_id)
         info = await fake.click_button(result.id, f"anim:info:{job_id}")
         assert "Seed: 5" in await ephemeral_reply(fake, info)
         # The job that waited through the restart is followed again in its original message.

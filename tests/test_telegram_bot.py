@@ -60,6 +60,14 @@ class Env:
 STATUS_EDITS = ("editMessageCaption", "editMessageMedia")
 
 
+async def open_more(env: Env, chat, user, result) -> None:
+    """Press a result's More button: its second row (Smooth, Loop, Delete, Info) joins the first, in place."""
+    [more] = [d for d in result.callback_data() if d.startswith("anim:more:")]
+    press = env.fake.press_button(chat, user, result, more)
+    await env.fake.wait_for(lambda: press.answered and any(
+        d.startswith("anim:info:") for d in env.fake.message(chat.id, result.message_id).callback_data()))
+
+
 def shown(call: Call) -> str:
     """The text a sent or edited message shows: its text, or a media message's caption (for a media edit, the
     new media's)."""
@@ -150,9 +158,9 @@ async def test_captioned_photo_becomes_a_video_reply_in_the_users_language(tmp_p
         assert "Alice" in p["caption"] and "一只猫慢慢转头" in p["caption"] and "种子" in p["caption"]
         assert "parse_mode" not in p
         markup = p["reply_markup"]["inline_keyboard"]
-        assert [b["text"] for row in markup for b in row] == ["高质量", "重新生成", "删除", "信息"]
+        assert [b["text"] for row in markup for b in row] == ["高质量", "重新生成", "延长", "更多 ▾"]
         assert [b["callback_data"] for row in markup for b in row] == [
-            f"anim:{a}:{job.id}" for a in ("hq", "reroll", "delete", "info")]
+            f"anim:{a}:{job.id}" for a in ("hq", "reroll", "extend", "more")]
         video = tmp_path / "sent.mp4"
         video.write_bytes(upload.files["video"].data)
         info = probe_mp4(video)
@@ -300,6 +308,7 @@ async def test_result_buttons_hq_info_reroll_delete_work_from_callback_data(tmp_
         [first] = await env.videos()
         [original] = await env.jobs()
         result = fake.message(group.id, first.result["message_id"])
+        await open_more(env, group, alice, result)
         data = {d.split(":")[1]: d for d in result.callback_data()}
 
         hq = fake.press_button(group, bob, result, data["hq"])
@@ -549,6 +558,7 @@ async def test_a_restarted_bot_delivers_jobs_it_was_following(tmp_path, tiny_par
                 await fake.wait_for(lambda: fake.message(chat.id, status.result["message_id"]).deleted)
                 await settle(stack)
                 result = fake.message(chat.id, upload.result["message_id"])
+                await open_more(Env(fake, stack, second), chat, alice, result)
                 info = fake.press_button(chat, alice, result, result.callback_data()[-1])
                 await fake.wait_for(lambda: info.answered)
                 assert "Seed:" in info.answer["text"]

@@ -999,6 +999,8 @@ class FakeTelegram:
             call.status, call.response = error.status, error.payload()
         except web.HTTPRequestEntityTooLarge:
             call.status, call.response = 413, ApiError(413, "Request Entity Too Large").payload()
+        except ConnectionResetError:   # the client hung up mid-request (a cancelled call): nothing to answer
+            call.status, call.response = 499, {"ok": False, "description": "client closed the request"}
         except Exception as exc:  # a bug in the fake must fail the test, not hang the client
             self.server_errors.append(f"{method}: {exc!r}")
             call.status, call.response = 500, ApiError(500, f"Internal Server Error: {exc!r}").payload()
