@@ -1,9 +1,10 @@
 """Edits of a rendered clip, on the CPU and torch-free: smooth (interpolated to 24 fps), loop (ping-pong) and
 join (an extension after its clip).
 
-Smoothing is ffmpeg's `minterpolate` (motion-compensated), from the ffmpeg that imageio-ffmpeg ships. Its
-blending sibling `framerate` costs a tenth as much but shows every moving edge twice in the in-between frames
-(docs/PERFORMANCE.md, "Clip edits"), so it is kept only for the bench.
+Smoothing is ffmpeg's `minterpolate` (motion-compensated), from the ffmpeg that imageio-ffmpeg ships, with
+bilateral motion estimation and overlapped-block compensation: against frames rendered at 24 fps it came closest
+and cost least of the settings tried (docs/PERFORMANCE.md, "Clip edits"; scripts/bench_smooth.py). Its blending
+sibling `framerate` costs a tenth as much but shows every moving edge twice, so it is kept only for the bench.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 SMOOTH_FPS = 24
 FILTERS = {
-    "minterpolate": "minterpolate=fps={fps}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1",
+    "minterpolate": "minterpolate=fps={fps}:mi_mode=mci:mc_mode=obmc:me_mode=bilat:vsbmc=0",
+    "minterpolate-bidir": "minterpolate=fps={fps}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1",
     "framerate": "framerate=fps={fps}:interp_start=0:interp_end=255:scene=100",
 }
 DEFAULT_FILTER = "minterpolate"
