@@ -3,6 +3,7 @@ and the CLI's --smooth / --loop / --extend on real renders of the tiny model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from engine.jobs import JobState
 from engine.media.clip import finish, join, loop, smooth, smooth_factor
 from engine.media.video import probe_mp4, read_mp4_frames
 from tests.harness import TINY_PRESETS, write_config
@@ -97,3 +99,49 @@ def test_cli_smooth_loop_and_extend(tmp_path, clip_cfg):
     same = np.abs(joined[:16] - first).mean()
     assert same < neighbours / 4, (same, neighbours)   # the plain render's frames (same seed) come first
     assert np.abs(joined[17:] - first[-1]).mean() > neighbours / 2   # then new ones
+
+
+# ---- through the bot core and the worker (a recording UI)
+
+async def test_an_extension_of_a_smooth_clip_is_joined_then_smoothed_and_info_shows_the_chain(tmp_path, tiny_parts):
+    from tests.harness import make_config, running_stack
+    from tests.test_core import RecordingUI, request
+
+    config = make_config(tmp_path)
+    async with running_stack(config, tiny_parts) as stack:
+        ui = RecordingUI()
+        sub = await stack.core.submit(request(smooth=True, seed=9))
+        await asyncio.wait_for(stack.core.follow(sub.job, ui, sub.hints), 60)
+        first = await stack.service.get(sub.job.id)
+        assert probe_mp4(first.result_path)["frames"] == 10 and probe_mp4(first.clip_path)["frames"] == 4
+        _, ext = await stack.core.on_button("extend", first.id, "test", "1", "en")
+        ui = RecordingUI()
+        await asyncio.wait_for(stack.core.follow(ext, ui), 60)
+        done = await stack.service.get(ext.id)
+        assert probe_mp4(done.clip_path)["frames"] == 7 and probe_mp4(done.result_path)["frames"] == 19
+        assert (done.seed, done.extends, done.extension) == (9, first.id, 1)
+        info = stack.core.info_text(done, "en")
+        assert f"Extension 1 of clip {first.id}" in info and "Smoothed to 24 fps" in info
+        assert "片段" in stack.core.info_text(done, "zh")
+
+
+async def test_smooth_and_loop_run_one_at_a_time_per_user(tmp_path, tiny_parts):
+    from engine.errors import UserError
+    from tests.harness import make_config, running_stack
+    from tests.test_core import RecordingUI, request
+
+    config = make_config(tmp_path)
+    async with running_stack(config, tiny_parts) as stack:
+        sub = await stack.core.submit(request())
+        await asyncio.wait_for(stack.core.follow(sub.job, RecordingUI(), sub.hints), 60)
+        outcomes = await asyncio.gather(
+            stack.core.on_button("smooth", sub.job.id, "test", "1", "en"),
+            stack.core.on_button("smooth", sub.job.id, "test", "1", "en"), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, UserError)]
+        [(_, smoothed)] = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert [r.key for r in refused] == ["edit_busy"]
+        assert smoothed.state == JobState.DONE and probe_mp4(smoothed.result_path)["frames"] == 10
+        # Someone else is not held up by it, and the same user can go on once it is done.
+        _, looped = await stack.core.on_button("loop", smoothed.id, "test", "1", "en")
+        assert probe_mp4(looped.result_path)["frames"] == 18   # smooth (10) then loop: 2 * 9
+        assert [b.action for b in stack.core.result_buttons(looped, "en", expanded=True)][3:] == ["delete", "info"]
