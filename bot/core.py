@@ -36,6 +36,7 @@ from engine.jobs import (
 )
 from engine.queue.service import JobService
 from engine.safety import SAFETY_REASONS, Rule, bot_gate, placement
+from engine.servers import ServerSettings
 
 if TYPE_CHECKING:
     from engine.queue.metrics import Metrics
@@ -302,6 +303,7 @@ class JobRequest:
     safety_rule: Rule = "withhold"   # where flagged content may go from this chat (engine/safety.py)
     smooth: bool | None = None       # interpolate to 24 fps; None: as the preset says
     loop: bool = False
+    settings: ServerSettings = field(default_factory=ServerSettings)   # the server's /settings
     subject: str | None = None       # the template's slots, when the user filled them apart from the prompt
     environment: str | None = None
 
@@ -417,17 +419,20 @@ class BotCore:
         templates = load_templates()
         built = build_prompt(PromptSpec(action, camera=camera, speed=speed, **slots), templates)
         hints = [self._hint_text(h, req.locale) for h in prompt_hints(text, templates.glossary)]
+        settings = req.settings
+        preset_name = settings.preset if req.preset == "quick" and settings.preset else req.preset
         async with self._image_work:
-            preset, advice = await asyncio.to_thread(self._choose_preset, req.preset, built, image)
+            preset, advice = await asyncio.to_thread(self._choose_preset, preset_name, built, image)
             verdict = await asyncio.to_thread(self.gate.check_image, "input", image)
         job = await self.service.submit(
             user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
             seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,
             user_name=req.user_name, locale=req.locale, status_ref=status_ref, server=req.scope or "",
-            safety_rule=req.safety_rule, verdict=verdict,
+            safety_rule="withhold" if settings.safety == "strict" else req.safety_rule, verdict=verdict,
+            jobs_per_hour=settings.jobs_per_hour,
             # The tips are kept with the job, so a restarted bot still shows them under the status.
             options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, "hints": hints,
-                     "smooth": req.smooth, "loop": req.loop, **slots},
+                     "smooth": settings.smooth if req.smooth is None else req.smooth, "loop": req.loop, **slots},
         )
         return Submitted(job, hints)
 
@@ -689,6 +694,9 @@ class BotCore:
             return t(locale, "result.deleted"), None
         if action == "info":
             return self.info_text(await self.service.require(job_id), locale), None
+        if action in ("hq", "reroll", "extend") and (await self.service.server_settings(
+                platform, (await self.service.require(job_id)).server or None)).safety == "strict":
+            safety_rule = "withhold"
         if action in ("hq", "reroll"):
             src = await self.service.require(job_id)
             verdict = None
@@ -741,11 +749,12 @@ class BotCore:
         latest = max(active, key=lambda j: j.created_at)
         return await self.service.cancel(latest.id, by_user=user)
 
-    async def queue_text(self, platform: str, user_id: str, locale: str | None) -> str:
-        jobs = await self.service.user_jobs(f"{platform}:{user_id}")
-        if not jobs:
-            return t(locale, "queue.empty")
-        lines = []
+    async def queue_text(self, platform: str, user_id: str, locale: str | None, server: str | None = None) -> str:
+        """The user's jobs, then how much of their limits is used (the server's hourly limit, if it set one)."""
+        user = f"{platform}:{user_id}"
+        jobs = await self.service.user_jobs(user)
+        settings = await self.service.server_settings(platform, server)
+        lines = [] if jobs else [t(locale, "queue.empty")]
         for job, position, eta in jobs:
             prompt = shorten(job.prompt_raw, 60)
             if position is not None:
@@ -753,7 +762,53 @@ class BotCore:
             else:
                 lines.append(t(locale, "queue.line_running", prompt=prompt, step=job.step,
                                total=job.total_steps, eta=duration(eta)))
+        q = await self.service.quota(user, settings.jobs_per_hour)
+        lines.append(t(locale, "queue.quota", active=q["active"], per_user=q["per_user"] or "∞", hour=q["hour"],
+                       per_hour=q["per_hour"] or "∞"))
+        if q["frees_in_s"] is not None and q["per_hour"] and q["hour"] >= q["per_hour"]:
+            lines.append(t(locale, "queue.frees", eta=duration(q["frees_in_s"])))
         return "\n".join(lines)
+
+    # ---- per-server settings ----
+
+    def settings_text(self, settings: ServerSettings, locale: str | None,
+                      channel_name: Callable[[str], str] = str) -> str:
+        """What /settings shows: each setting, and where it is the bot's default."""
+        default = t(locale, "settings.default")
+        values = {
+            "channels": ", ".join(channel_name(c) for c in settings.channels) or t(locale, "settings.everywhere"),
+            "preset": settings.preset or f"quick ({default})",
+            "smooth": t(locale, "settings.on" if settings.smooth else "settings.off") if settings.smooth is not None
+            else default,
+            "safety": t(locale, f"settings.safety_{settings.safety}"),
+            "telegram_safety": settings.telegram_safety or f"{self.config.safety.telegram} ({default})",
+            "language": t(locale, f"settings.lang_{settings.language}") if settings.language
+            else t(locale, "settings.own"),
+            "jobs_per_hour": str(self.service.hourly_limit(settings.jobs_per_hour) or "∞")
+            + ("" if settings.jobs_per_hour else f" ({default})"),
+            "moderation_channel": channel_name(settings.moderation_channel) if settings.moderation_channel
+            else t(locale, "settings.admins_by_dm"),
+        }
+        return "\n".join([t(locale, "settings.title")] + [
+            f"• {t(locale, f'settings.key_{key}')} ({key}): {values[key]}" for key in values])
+
+    async def change_settings(self, platform: str, server: str, changes: list[tuple[str, str]], locale: str | None,
+                              moderator: bool, channel_name: Callable[[str], str] = str) -> str:
+        """Apply /settings changes for a server's moderator (all or none), save them, and show the result."""
+        settings = await self.service.server_settings(platform, server)
+        if changes and not moderator:
+            raise UserError("Only this server's moderators and the bot's admins can change its settings.",
+                            "not_moderator")
+        from engine.servers import change
+
+        for key, value in changes:
+            settings = change(settings, key, value, presets=sorted(self.config.presets),
+                              max_jobs_per_hour=self.config.queue.jobs_per_hour)
+        if changes:
+            await self.service.save_server_settings(platform, server, settings)
+            log.info("settings of %s:%s changed: %s", platform, server, ", ".join(k for k, _ in changes))
+        text = self.settings_text(settings, locale, channel_name)
+        return f"{t(locale, 'settings.saved')}\n{text}" if changes else text
 
     async def admin(self, platform: str, user_id: str, locale: str | None, command: str, arg: str = "") -> str:
         """/stats /pause /resume /ban /unban for configured admins only."""

@@ -94,8 +94,9 @@ class Commands:
 
         @tree.command(name=text("name_queue"), description=text("desc_queue"))
         async def queue(interaction: discord.Interaction) -> None:
-            await reply(interaction, await front.core.queue_text(PLATFORM, str(interaction.user.id),
-                                                                 str(interaction.locale)))
+            await reply(interaction, await front.core.queue_text(
+                PLATFORM, str(interaction.user.id), str(interaction.locale),
+                str(interaction.guild_id) if interaction.guild_id else None))
 
         @tree.command(name=text("name_help"), description=text("desc_help"))
         async def help_(interaction: discord.Interaction) -> None:
@@ -105,6 +106,32 @@ class Commands:
         async def forget(interaction: discord.Interaction) -> None:
             await reply(interaction, await front.core.forget(PLATFORM, str(interaction.user.id),
                                                              str(interaction.locale)))
+
+        setting_options = ("preset", "smooth", "safety", "language", "jobs_per_hour", "moderation_channel",
+                           "allow_channel", "remove_channel")
+
+        @tree.command(name=text("name_settings"), description=text("desc_settings"))
+        @app_commands.rename(**{o: text(f"sopt_{o}") for o in setting_options})
+        @app_commands.describe(**{o: text(f"soptdesc_{o}") for o in setting_options})
+        @app_commands.choices(
+            preset=[app_commands.Choice(name=p, value=p) for p in sorted(front.config.presets)],
+            smooth=[app_commands.Choice(name=text(f"choice_{v}"), value=v) for v in ("on", "off", "default")],
+            safety=[app_commands.Choice(name=text(f"choice_{v}"), value=v) for v in ("standard", "strict")],
+            language=[app_commands.Choice(name=text(f"choice_lang_{v}"), value=v) for v in ("en", "zh", "default")],
+        )
+        async def settings(interaction: discord.Interaction, preset: str | None = None, smooth: str | None = None,
+                           safety: str | None = None, language: str | None = None,
+                           jobs_per_hour: Range[int, 1, 10_000] | None = None,
+                           moderation_channel: discord.TextChannel | None = None,
+                           allow_channel: discord.TextChannel | None = None,
+                           remove_channel: discord.TextChannel | None = None) -> None:
+            changes = [(k, str(v)) for k, v in (("preset", preset), ("smooth", smooth), ("safety", safety),
+                                                 ("language", language), ("jobs_per_hour", jobs_per_hour))
+                       if v is not None]
+            changes += [("moderation_channel", str(c.id)) for c in (moderation_channel,) if c]
+            changes += [("channels", f"+{allow_channel.id}")] if allow_channel else []
+            changes += [("channels", f"-{remove_channel.id}")] if remove_channel else []
+            await commands.settings(interaction, changes)
 
         @tree.command(name=text("name_privacy"), description=text("desc_privacy"))
         async def privacy(interaction: discord.Interaction) -> None:
@@ -174,6 +201,23 @@ class Commands:
 
     # ---- handlers ----
 
+    def is_moderator(self, interaction: discord.Interaction) -> bool:
+        """Manage Server in this server, or one of the bot's admins."""
+        return bool(interaction.guild_id and interaction.permissions.manage_guild) or \
+            self.front.core.is_admin(PLATFORM, interaction.user.id)
+
+    async def settings(self, interaction: discord.Interaction, changes: list[tuple[str, str]]) -> None:
+        locale = str(interaction.locale)
+        try:
+            if interaction.guild_id is None:
+                raise UserError("Use /settings in a server.", "settings_usage")
+            text = await self.front.core.change_settings(
+                PLATFORM, str(interaction.guild_id), changes, locale, self.is_moderator(interaction),
+                channel_name=lambda c: f"<#{c}>")
+        except UserError as exc:
+            text = error_text(exc, locale)
+        await reply(interaction, text)
+
     async def _admin_command(self, interaction: discord.Interaction, user: discord.User | None = None) -> None:
         locale = str(interaction.locale)
         command = interaction.command.name if interaction.command else ""
@@ -202,9 +246,13 @@ class Commands:
                      smooth: bool | None = None, loop: bool = False) -> None:
         """Check the upload from its metadata, defer, download, submit and follow."""
         front, core = self.front, self.front.core
-        locale = str(interaction.locale)
         scope = str(interaction.guild_id) if interaction.guild_id else None
+        settings = await core.service.server_settings(PLATFORM, scope)
+        locale = settings.language or str(interaction.locale)
         try:
+            if not settings.allows(interaction.channel_id):
+                raise UserError("This server's moderators allow the bot only in some channels.",
+                                "channel_not_allowed", channels=", ".join(f"<#{c}>" for c in settings.channels))
             core.check_attachment(attachment.content_type, attachment.size, attachment.filename)
             core.check_prompt(prompt, scope)
         except UserError as exc:
@@ -212,6 +260,7 @@ class Commands:
             return
         response = await interaction.response.defer(thinking=True)
         ref = front.status_ref(interaction, response)
+        ref.locale = locale   # the server's language, when its moderators chose one
         try:
             image = await front.download(attachment)
             submitted = await core.submit(JobRequest(
@@ -220,6 +269,7 @@ class Commands:
                 seed=seed, negative_prompt=negative, camera=camera, speed=speed, scope=scope,
                 subject=subject, environment=environment,
                 safety_rule=safety_rule(interaction, front.config.safety.allow_in_dms), smooth=smooth, loop=loop,
+                settings=settings,
             ), status_ref=ref.dumps())
         except UserError as exc:
             await answer_deferred(interaction, error_text(exc, locale))

@@ -192,7 +192,9 @@ class Commands:
         """`message` carries the command (replies go to it), `user` sent it, `source` carries the image."""
         front = self.front
         config, core = front.config, front.core
-        locale = locale_of(message)
+        group = message.chat.type in ("group", "supergroup")
+        settings = await core.service.server_settings(PLATFORM, str(message.chat_id) if group else None)
+        locale = settings.language or locale_of(message)
         try:
             if not self.allowed(message.chat_id, user.id):
                 raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
@@ -209,8 +211,8 @@ class Commands:
                 locale=locale, image=image, prompt=text, preset=options.get("preset") or ask.preset,
                 seed=options.get("seed"), negative_prompt=options.get("negative") or "",
                 camera=options.get("camera"), speed=options.get("speed"),
-                scope=str(message.chat_id), safety_rule=config.safety.telegram,
-                smooth=options.get("smooth"), loop=bool(options.get("loop")),
+                scope=str(message.chat_id), safety_rule=settings.telegram_safety or config.safety.telegram,
+                smooth=options.get("smooth"), loop=bool(options.get("loop")), settings=settings,
                 subject=options.get("subject"), environment=options.get("environment"),
             )
             submitted = await core.submit(request)
@@ -284,7 +286,7 @@ class Commands:
 
     async def on_queue(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async def produce(message, locale, user_id):
-            return await self.front.core.queue_text(PLATFORM, user_id, locale)
+            return await self.front.core.queue_text(PLATFORM, user_id, locale, str(message.chat_id))
         await self._run_command(update, produce)
 
     async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -308,6 +310,27 @@ class Commands:
             return await self.front.core.admin(PLATFORM, user_id, locale, command_name(message.text),
                                                command_rest(message.text))
         await self._run_command(update, produce)
+
+    async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/settings shows a group's settings; /settings KEY VALUE changes one (the group's administrators)."""
+        async def produce(message, locale, user_id):
+            if message.chat.type not in ("group", "supergroup"):
+                raise UserError("Use /settings in a group.", "settings_usage")
+            words = command_rest(message.text).split(maxsplit=1)
+            if len(words) == 1:
+                raise UserError("Use /settings KEY VALUE.", "settings_usage")
+            changes = [(words[0], words[1])] if words else []
+            moderator = bool(changes) and await self.is_moderator(message.chat_id, int(user_id))
+            return await self.front.core.change_settings(PLATFORM, str(message.chat_id), changes, locale,
+                                                         moderator)
+        await self._run_command(update, produce)
+
+    async def is_moderator(self, chat_id: int, user_id: int) -> bool:
+        """An administrator of the group, or one of the bot's admins."""
+        if self.front.core.is_admin(PLATFORM, user_id):
+            return True
+        member = await self.front.bot.get_chat_member(chat_id, user_id)
+        return member.status in ("administrator", "creator")
 
     async def on_extend(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/extend as a reply to a result: its next extension, followed in a status message of its own."""

@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 
 from engine.jobs import Job, JobState
 from engine.queue.store import (
+    HOUR_S,
     LEASE_TTL_S,
     STEP_SAMPLES,
     Limits,
@@ -649,3 +650,8 @@ class RedisStore:
     async def last_served(self) -> dict[str, float]:
         served = cast("dict[str, str]", await self.redis.hgetall(self.key("served")))
         return {u: float(t) for u, t in served.items()}
+
+    async def hour_usage(self, user: str) -> tuple[int, float | None]:
+        recent = await self.redis.zrangebyscore(self.key("submissions", user), time.time() - HOUR_S, "+inf",
+                                                withscores=True)
+        return len(recent), (min(score for _, score in recent) if recent else None)

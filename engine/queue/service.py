@@ -40,6 +40,7 @@ from engine.queue.backends import open_store
 from engine.queue.eta import EtaModel
 from engine.queue.store import Limits, Store
 from engine.safety import SAFETY_REASONS, Verdict, placement, verdict_fields
+from engine.servers import ServerSettings
 
 log = logging.getLogger("engine.queue.service")
 
@@ -140,7 +141,7 @@ class JobService:
                      platform: str = "cli", chat: str = "", user_name: str = "", locale: str = "en",
                      status_ref: str = "", options: dict[str, Any] | None = None, parent: str = "",
                      server: str = "", safety_rule: str = "allow", verdict: Verdict | None = None,
-                     extends: str = "", extension: int = 0) -> Job:
+                     extends: str = "", extension: int = 0, jobs_per_hour: int | None = None) -> Job:
         """Queue a job. `image` is a validated RGB PIL image, or a path of one already in the data folder.
         `verdict` is the NSFW gate's on the image, where the front end checked it; `safety_rule` says where
         flagged content of this job may go.
@@ -166,8 +167,9 @@ class JobService:
         image_path = self.data_dir / "images" / f"{job.id}.png"
         width, height = await asyncio.to_thread(self._save_image, image, image_path)
         job.image_path, (job.width, job.height) = str(image_path), spec.size_for(width, height)
+        limits = dataclasses.replace(self.limits(), jobs_per_hour=self.hourly_limit(jobs_per_hour))
         try:
-            job = await self.store.submit(job, self.limits())
+            job = await self.store.submit(job, limits)
         except BaseException:
             image_path.unlink(missing_ok=True)
             raise
@@ -314,6 +316,31 @@ class JobService:
     async def setting(self, key: str, default: Any = None) -> Any:
         """A small value a front end keeps across restarts (e.g. the digest of its last command sync)."""
         return await self.store.get_meta(f"setting:{key}", default)
+
+    async def server_settings(self, platform: str, server: str | None) -> ServerSettings:
+        """A server's or group's /settings (the defaults where it set nothing, or in a direct message)."""
+        if not server:
+            return ServerSettings()
+        return ServerSettings(**await self.store.get_meta(f"server:{platform}:{server}", {}))
+
+    async def save_server_settings(self, platform: str, server: str, settings: ServerSettings) -> None:
+        await self.store.set_meta(f"server:{platform}:{server}", settings.model_dump())
+
+    def hourly_limit(self, server_limit: int | None) -> int:
+        """Jobs a user may start an hour (0: no limit): a server's own limit, within the bot's."""
+        bot = self.config.queue.jobs_per_hour
+        if not server_limit:
+            return bot
+        return min(bot, server_limit) if bot else server_limit
+
+    async def quota(self, user: str, jobs_per_hour: int | None = None) -> dict[str, Any]:
+        """A user's use of the limits: jobs waiting or rendering, jobs this hour, and when the next frees up."""
+        q = self.config.queue
+        per_hour = self.hourly_limit(jobs_per_hour)
+        active = len(await self.store.jobs(user=user, states=[JobState.QUEUED, JobState.RUNNING]))
+        count, oldest = await self.store.hour_usage(user)
+        return {"active": active, "per_user": q.per_user, "hour": count, "per_hour": per_hour,
+                "frees_in_s": max(0.0, oldest + 3600 - time.time()) if oldest is not None else None}
 
     async def sample_metrics(self, metrics: Any) -> None:
         """Refresh the store-read gauges of an `engine.queue.metrics.Metrics`."""

@@ -432,3 +432,11 @@ class SQLiteStore:
     async def last_served(self) -> dict[str, float]:
         return await self._retry(self._last_served)
 
+    async def hour_usage(self, user: str) -> tuple[int, float | None]:
+        async def q():
+            cur = await self.db.execute("SELECT COUNT(*), MIN(at) FROM submissions WHERE user=? AND at>?",
+                                        (user, time.time() - HOUR_S))
+            count, oldest = await _one_row(cur)
+            return int(count), oldest
+        return await self._retry(q)
+

@@ -45,7 +45,7 @@ Injecting updates (each gets the next update_id; they stay pending until a getUp
 
 Bot API methods answered
     getMe, deleteWebhook, getUpdates, getFile (+ downloads at /file/bot<token>/<file_path>), sendMessage,
-    editMessageText, editMessageCaption, editMessageReplyMarkup, deleteMessage, answerCallbackQuery,
+    editMessageText, editMessageCaption, editMessageReplyMarkup, deleteMessage, answerCallbackQuery, getChatMember,
     sendVideo, sendAnimation, sendPhoto, sendDocument, sendChatAction, setMyCommands, getMyCommands,
     deleteMyCommands. Any other method is recorded and answered with HTTP 404
     `{"ok": false, "error_code": 404, "description": "Not Found: method X"}` (see `fake.unknown_methods`).
@@ -630,6 +630,8 @@ class FakeTelegram:
         self._faults: dict[str, list[_Fault]] = {}
         self._ids = itertools.count(1)
         self._user_ids = itertools.count(1_000_001)
+        self._users: dict[int, User] = {}
+        self._admins: dict[int, dict[int, str]] = {}   # chat id -> user id -> "administrator" | "creator"
         self._group_ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._changed = asyncio.Event()
@@ -686,7 +688,13 @@ class FakeTelegram:
     def user(
         self, first_name: str = "Alice", *, language_code: str | None = None, username: str | None = None
     ) -> User:
-        return User(next(self._user_ids), first_name, username=username, language_code=language_code)
+        user = User(next(self._user_ids), first_name, username=username, language_code=language_code)
+        self._users[user.id] = user
+        return user
+
+    def make_admin(self, chat: Chat, user: User, *, creator: bool = False) -> None:
+        """``user`` administers (or created) group ``chat``: what getChatMember answers for them."""
+        self._admins.setdefault(chat.id, {})[user.id] = "creator" if creator else "administrator"
 
     def private_chat(self, user: User) -> Chat:
         return self._add_chat(Chat(user.id, "private", username=user.username, first_name=user.first_name))
@@ -1255,6 +1263,22 @@ class FakeTelegram:
             if chat_id == chat.id or (chat.username and chat_id == f"@{chat.username}"):
                 return chat
         raise bad_request("chat not found")
+
+    async def _api_getchatmember(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        chat = self._known_chat(params)
+        user = self._users.get(int(params["user_id"]))
+        if user is None:
+            raise ApiError(400, "Bad Request: user not found")
+        status = "member" if chat.type == "private" else self._admins.get(chat.id, {}).get(user.id, "member")
+        member: dict[str, Any] = {"status": status, "user": user.to_api()}
+        if status == "creator":
+            member.update(is_anonymous=False)
+        elif status == "administrator":
+            member.update(can_be_edited=False, is_anonymous=False, can_manage_chat=True, can_delete_messages=True,
+                          can_manage_video_chats=True, can_restrict_members=True, can_promote_members=False,
+                          can_change_info=True, can_invite_users=True, can_post_stories=False,
+                          can_edit_stories=False, can_delete_stories=False)
+        return member
 
     def _target_chat(self, params: dict[str, Any]) -> Chat:
         chat = self._known_chat(params)
