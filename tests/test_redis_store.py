@@ -484,3 +484,13 @@ async def test_a_recorded_refusal_is_kept_outside_the_queue_on_both_backends(sto
         assert [j.id for j in changed] == [kept.id]
         # A refusal takes no place among the user's active jobs.
         await s.submit(make_job("a", 2), Limits(per_user=1))
+
+
+async def test_hour_usage_counts_a_users_submissions_on_both_backends(store, sqlite_store):
+    for s in (store, sqlite_store):
+        assert await s.hour_usage("a") == (0, None)
+        before = time.time()
+        await s.submit(make_job("a", 1), Limits())
+        await s.submit(make_job("a", 2), Limits())
+        count, oldest = await s.hour_usage("a")
+        assert count == 2 and before - 1 <= oldest <= time.time()

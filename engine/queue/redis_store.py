@@ -652,6 +652,6 @@ class RedisStore:
         return {u: float(t) for u, t in served.items()}
 
     async def hour_usage(self, user: str) -> tuple[int, float | None]:
-        recent = await self.redis.zrangebyscore(self.key("submissions", user), time.time() - HOUR_S, "+inf",
-                                                withscores=True)
-        return len(recent), (min(score for _, score in recent) if recent else None)
+        recent = cast("list[tuple[str, float]]", await self.redis.zrangebyscore(
+            self.key("submissions", user), time.time() - HOUR_S, "+inf", withscores=True))
+        return len(recent), (min(float(score) for _, score in recent) if recent else None)
