@@ -275,7 +275,8 @@ def parse_custom_id(custom_id: str) -> tuple[str, str] | None:
     return None
 
 
-BUTTON_ACTIONS = ("cancel", "hq", "reroll", "extend", "more", "smooth", "loop", "delete", "info")
+BUTTON_ACTIONS = ("cancel", "hq", "reroll", "extend", "more", "smooth", "loop", "report", "delete", "info",
+                  "remove")
 
 
 def buttons(locale: str | None, job_id: str, *actions: str, row: int = 0) -> list[Button]:
@@ -604,11 +605,15 @@ class BotCore:
     async def _withheld(self, job: Job) -> bool:
         """Check the result here (nudenet) before it is posted; True when it was flagged and may not go where
         the job goes (it is then failed and its video deleted)."""
+        verdict = None
         if self.gate.checks("output") and job.result_path:
             verdict = await asyncio.to_thread(self.gate.check_video, "output", job.result_path)
             if verdict is not None:
                 job = await self.service.judge(job.id, verdict)
-        if placement(job.verdict == "flagged", job.safety_rule) != "withhold":
+        # A flagged preview (a blurry estimate, where false positives are likelier) stops the previews; the
+        # result is judged by its own check, and by the input's.
+        flagged = job.flagged_at == "input" or (verdict.flagged if verdict else job.verdict == "flagged")
+        if placement(flagged, job.safety_rule) != "withhold":
             return False
         await self.service.withhold(job.id)
         return True
@@ -633,8 +638,8 @@ class BotCore:
         smooth, loop = clip_edits(job, preset) if preset else (False, False)
         first = [a for a, show in (("hq", job.preset != "hq" and not job.fell_back), ("reroll", True),
                                    ("extend", job.extension < self.config.queue.max_extends)) if show]
-        more = [a for a, show in (("smooth", not smooth), ("loop", not loop), ("delete", True), ("info", True))
-                if show]
+        more = [a for a, show in (("smooth", not smooth), ("loop", not loop), ("report", True), ("delete", True),
+                                  ("info", True)) if show]
         if expanded:
             return buttons(locale, job.id, *first) + buttons(locale, job.id, *more, row=1)
         return buttons(locale, job.id, *first, "more")
@@ -718,6 +723,27 @@ class BotCore:
     async def more_buttons(self, job_id: str, locale: str | None) -> list[Button]:
         """The whole set of a result's buttons, for its More button."""
         return self.result_buttons(await self.service.require(job_id), locale, expanded=True)
+
+    async def report(self, job_id: str, platform: str) -> tuple[Job, ServerSettings]:
+        """Count a report; returns the job and its server's settings (where reports go)."""
+        job = await self.service.report(job_id)
+        return job, await self.service.server_settings(platform, job.server or None)
+
+    def moderation_text(self, job: Job, settings: ServerSettings, reporter: str, link: str) -> str:
+        """What the moderators are sent about a reported clip, in the server's language."""
+        locale = settings.language or "en"
+        if job.verdict:
+            verdict = t(locale, "report.verdict", verdict=job.verdict, score=f"{job.nsfw_score:.3f}",
+                        stage=job.flagged_at or "-")
+        else:
+            verdict = t(locale, "report.unchecked")
+        return t(locale, "report.moderation", reporter=reporter, link=link or t(locale, "report.no_link"),
+                 prompt=shorten(job.prompt_raw, 300), owner=job.user_name or job.user, user=job.user, job=job.id,
+                 verdict=verdict, reports=job.reports)
+
+    async def remove(self, job_id: str, platform: str, moderator: str) -> Job:
+        """A moderator's Remove on a report: the clip's files and its message go; the audit log says who."""
+        return await self.service.remove(job_id, f"{platform}:{moderator}")
 
     async def _extend(self, src: Job, user: str, locale: str | None, safety_rule: Rule | None) -> Job:
         limit = self.config.queue.max_extends

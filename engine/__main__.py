@@ -295,7 +295,8 @@ def audit_line(job) -> str:
     outcome = str(job.state) + (f":{job.error_key}" if job.error_key else "")
     return (f"{when} {job.id} {job.platform} server={job.server or '-'} channel={job.chat or '-'} "
             f"user={job.user} verdict={job.verdict or 'unchecked'} score={score} "
-            f"flagged_at={job.flagged_at or '-'} outcome={outcome} prompt={json.dumps(job.prompt_raw, ensure_ascii=False)}")
+            f"flagged_at={job.flagged_at or '-'} outcome={outcome} reports={job.reports} "
+            f"removed_by={job.removed_by or '-'} prompt={json.dumps(job.prompt_raw, ensure_ascii=False)}")
 
 
 def cmd_audit(args) -> int:
@@ -313,7 +314,7 @@ def cmd_audit(args) -> int:
 
 
 AUDIT_FIELDS = ("id", "created_at", "platform", "server", "chat", "user", "user_name", "prompt_raw", "verdict",
-                "nsfw_score", "flagged_at", "state", "error_key")
+                "nsfw_score", "flagged_at", "state", "error_key", "reports", "removed_by")
 
 
 def cmd_cancel(args) -> int:

@@ -78,6 +78,8 @@ class Job:
     verdict: str = ""
     flagged_at: str = ""
     error_key: str = ""             # a failure's reason as a text key the front end translates
+    reports: int = 0                # times someone pressed Report on it
+    removed_by: str = ""            # the moderator who removed it after a report ("<platform>:<id>")
     seq: int = 0                    # store-wide change counter of the last update
 
     # Who writes what: the front end and the service write the request and the delivery fields, the worker

@@ -86,8 +86,8 @@ async def test_delete_pressed_during_a_render_survives_the_workers_last_write(tm
         write_result = stack.worker._write_result
         pressed = []
 
-        def write_then_delete(job, result):
-            out = write_result(job, result)
+        def write_then_delete(job, result, base):
+            out = write_result(job, result, base)
             # The owner presses Delete while the MP4 is being saved: the render can no longer stop.
             future = asyncio.run_coroutine_threadsafe(stack.service.delete(job.id, by_user="u"), loop)
             pressed.append(future.result(timeout=10))

@@ -13,7 +13,7 @@ from tests.test_telegram_bot import _delivered, eventually, preview_edits, teleg
 
 pytestmark = pytest.mark.timeout(90)
 
-FLAG_ALL = {"threshold": 0.0}
+FLAG_ALL = {"classifier": "nudenet", "threshold": 0.0}
 PROMPT = "a cat turning its head"
 
 

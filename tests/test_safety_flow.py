@@ -17,7 +17,7 @@ from tests.harness import make_config, running_stack, write_config
 from tests.test_core import RecordingUI, request
 from tests.test_safety import save_tiny_classifier
 
-FLAG_ALL = {"threshold": 0.0}
+FLAG_ALL = {"classifier": "nudenet", "threshold": 0.0}
 
 
 async def follow(stack, sub, ui, timeout=60):
@@ -64,7 +64,7 @@ async def test_a_flagged_result_in_a_spoiler_chat_is_sent_as_a_spoiler(tmp_path,
 
 
 async def test_an_ordinary_photo_passes_every_check(tmp_path, tiny_parts):
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, safety={"classifier": "nudenet"})
     async with running_stack(config, tiny_parts) as stack:
         ui = RecordingUI()
         job = await follow(stack, await stack.core.submit(request(safety_rule="withhold")), ui)

@@ -30,7 +30,7 @@ STEP_DELAY_S = 0.05
 LONG_STEPS = 60
 
 def scale_config(url: str, data: Path) -> dict:
-    preset = {"pixels": 4096, "frames": 4, "fps": 8, "fallback": ""}
+    preset = {"pixels": 4096, "frames": 4, "fps": 8, "fallback": "", "smooth": False}
     return {
         "engine": {"model": "tiny", "device": "cpu", "step_delay_s": STEP_DELAY_S},
         "presets": {"quick": {"steps": 2, **preset}, "long": {"steps": LONG_STEPS, **preset}},

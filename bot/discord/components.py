@@ -7,14 +7,15 @@ and buttons of old results keep working after a restart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import TYPE_CHECKING
 
 import discord
 
-from bot.core import BUTTON_ACTIONS, Button, error_text, t
-from bot.discord.api import NO_MENTIONS, PLATFORM, answer_deferred, reply, safety_rule
+from bot.core import BUTTON_ACTIONS, Button, buttons, error_text, t
+from bot.discord.api import NO_MENTIONS, PLATFORM, answer_deferred, rate_limited, reply, safety_rule
 from engine.errors import UserError
 from engine.jobs import Job
 
@@ -31,6 +32,8 @@ BUTTON_STYLES = {
     "delete": discord.ButtonStyle.secondary,
     "info": discord.ButtonStyle.secondary,
     "extend": discord.ButtonStyle.primary,
+    "report": discord.ButtonStyle.danger,
+    "remove": discord.ButtonStyle.danger,
 }
 # Actions whose work (a re-encode, reading a clip) may outlast Discord's 3 s to answer: deferred first.
 SLOW_ACTIONS = ("extend", "smooth", "loop")
@@ -84,6 +87,13 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
             view = job_view(await front.core.more_buttons(job_id, locale))
             await interaction.response.edit_message(view=view)
             return
+        if action == "report":
+            await _report(front, interaction, job_id)
+            await reply(interaction, t(locale, "report.thanks"))
+            return
+        if action == "remove":
+            await _remove(front, interaction, job_id)
+            return
         text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(interaction.user.id), locale,
                                                    safety_rule(interaction, front.config.safety.allow_in_dms))
     except UserError as exc:
@@ -98,6 +108,50 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
         await reply(interaction, text)
     else:
         await interaction.response.defer()
+
+
+async def _report(front: DiscordFrontEnd, interaction: discord.Interaction, job_id: str) -> None:
+    """Tell the server's moderation channel about a reported clip (or the bot's admins by DM), with a button
+    that removes it."""
+    core = front.core
+    job, settings = await core.report(job_id, PLATFORM)
+    link = interaction.message.jump_url if interaction.message else ""
+    text = core.moderation_text(job, settings, f"<@{interaction.user.id}>", link)
+    remove = job_view(buttons(settings.language or "en", job.id, "remove"))
+    assert remove is not None
+    if settings.moderation_channel:
+        channel = front.client.get_partial_messageable(int(settings.moderation_channel), guild_id=interaction.guild_id)
+        with rate_limited():
+            await channel.send(text, view=remove, allowed_mentions=NO_MENTIONS)
+        return
+    for admin in front.config.discord.admins:
+        try:
+            with rate_limited():
+                user = await front.client.fetch_user(int(admin))
+                await user.send(text, view=remove, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:   # DMs closed: the other admins still hear of it
+            log.warning("report of job %s not sent to admin %s: %s", job.id, admin, exc.status)
+
+
+async def _remove(front: DiscordFrontEnd, interaction: discord.Interaction, job_id: str) -> None:
+    """A moderator's Remove: the clip's message and files go, and the report says who removed it."""
+    locale = str(interaction.locale)
+    moderator = front.commands.is_moderator(interaction) or bool(
+        interaction.guild_id and interaction.permissions.manage_messages)
+    if not moderator:
+        await reply(interaction, t(locale, "report.not_moderator"))
+        return
+    from bot.discord.status import StatusRef  # status.py builds its buttons with this module
+
+    job = await front.core.remove(job_id, PLATFORM, str(interaction.user.id))
+    ref = StatusRef.loads(job.status_ref) if job.status_ref else None
+    if ref is not None and ref.result:
+        channel = front.client.get_partial_messageable(ref.channel, guild_id=ref.guild)
+        with contextlib.suppress(discord.NotFound, discord.Forbidden), rate_limited():
+            await channel.get_partial_message(ref.result).delete()
+    content = (interaction.message.content if interaction.message else "") + "\n" + t(
+        locale, "report.removed", moderator=f"<@{interaction.user.id}>")
+    await interaction.response.edit_message(content=content, view=None, allowed_mentions=NO_MENTIONS)
 
 
 async def _slow_action(front: DiscordFrontEnd, interaction: discord.Interaction, action: str, job_id: str) -> None:

@@ -7,15 +7,17 @@ working after a restart. The core decides what an action does; this module turns
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING
 
-from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.core import Button, error_text, parse_custom_id, shorten, t
-from bot.telegram.api import PLATFORM, reply
+from bot.core import Button, buttons, error_text, parse_custom_id, shorten, t
+from bot.telegram.api import PLATFORM, rate_limited, reply
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -66,6 +68,12 @@ class Buttons:
                     await message.edit_reply_markup(reply_markup=markup)
                 await self._answer(query, "", False)
                 return
+            if action == "report" and isinstance(message, Message):
+                await self._report(message, user, job_id)
+                text, alert = t(locale, "report.thanks"), True
+                return await self._answer(query, text, alert)
+            if action == "remove" and isinstance(message, Message):
+                return await self._answer(query, await self._remove(message, user, job_id, locale), True)
             text, new_job = await front.core.on_button(action, job_id, PLATFORM, str(user.id), locale,
                                                        front.config.safety.telegram)
             if action == "delete" and message is not None:
@@ -81,6 +89,42 @@ class Buttons:
         if new_job is not None and query.message is not None:
             await front.commands.follow(new_job, query.message.chat.id, query.message.message_id, locale,
                                         user.first_name, [])
+
+    async def _report(self, message: Message, user: User, job_id: str) -> None:
+        """Tell the group's moderation chat about a reported clip (or the bot's admins privately), with a
+        button that removes it."""
+        core = self.front.core
+        job, settings = await core.report(job_id, PLATFORM)
+        chat = str(message.chat_id)
+        # Only a supergroup's messages have links (t.me/c/<id without -100>/<message>).
+        link = f"https://t.me/c/{chat[4:]}/{message.message_id}" if chat.startswith("-100") else ""
+        text = core.moderation_text(job, settings, user.first_name + (f" (@{user.username})" if user.username
+                                                                     else f" ({user.id})"), link)
+        markup = keyboard(buttons(settings.language or "en", job.id, "remove"))
+        targets = [settings.moderation_channel] if settings.moderation_channel else self.front.config.telegram.admins
+        for target in targets:
+            try:
+                with rate_limited():
+                    await self.front.bot.send_message(int(target), text, reply_markup=markup)
+            except (BadRequest, Forbidden) as exc:   # the admin never started the bot: the others still hear
+                log.warning("report of job %s not sent to %s: %s", job.id, target, exc.message)
+
+    async def _remove(self, message: Message, user: User, job_id: str, locale: str) -> str:
+        """A moderator's Remove: the clip's message and files go, and the report says who removed it."""
+        front = self.front
+        allowed = front.core.is_admin(PLATFORM, user.id) or (
+            message.chat.type in ("group", "supergroup") and await front.commands.is_moderator(message.chat_id,
+                                                                                               user.id))
+        if not allowed:
+            return t(locale, "report.not_moderator")
+        job = await front.core.remove(job_id, PLATFORM, str(user.id))
+        ref = json.loads(job.status_ref) if job.status_ref else {}
+        if ref.get("chat") and ref.get("result"):
+            await self._delete_quietly(int(ref["chat"]), int(ref["result"]))
+        removed = t(locale, "report.removed", moderator=user.first_name)
+        with contextlib.suppress(TelegramError):
+            await message.edit_text(f"{message.text or ''}\n{removed}", reply_markup=None)
+        return removed
 
     async def _info_answer(self, query: CallbackQuery, text: str) -> tuple[str, bool]:
         """The info fits an alert when short; otherwise the alert is shortened and the whole text posted."""

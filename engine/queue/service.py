@@ -442,6 +442,17 @@ class JobService:
         self._remove_files(job)
         return await self.store.update(job_id, expired=True, delivered=True)
 
+    async def report(self, job_id: str) -> Job:
+        job = await self.require(job_id)
+        return await self.store.update(job_id, reports=job.reports + 1)
+
+    async def remove(self, job_id: str, by: str) -> Job:
+        """A moderator removes a reported clip: its files go, and the record (the audit log) says who."""
+        job = await self.require(job_id)
+        self._remove_files(job)
+        log.info("job %s removed by %s", job_id, by)
+        return await self.store.update(job_id, expired=True, delivered=True, removed_by=by)
+
     async def pause(self) -> None:
         await self.store.set_meta("paused", True)
 
