@@ -276,7 +276,8 @@ def parse_custom_id(custom_id: str) -> tuple[str, str] | None:
 
 
 BUTTON_ACTIONS = ("cancel", "hq", "reroll", "extend", "more", "smooth", "loop", "report", "delete", "info",
-                  "remove")
+                  "remove", "post", "drop", "page")
+MINE_PAGE = 5   # clips a /mine page lists
 
 
 def buttons(locale: str | None, job_id: str, *actions: str, row: int = 0) -> list[Button]:
@@ -338,6 +339,26 @@ def settle_heap() -> None:
     collections paused the event loop for up to 180 ms without it and about 60 ms with it."""
     gc.collect()
     gc.freeze()
+
+
+@dataclass
+class MinePage:
+    """One page of a user's /mine: the text, its clips (newest first) and the buttons (post again, delete,
+    previous and next: `anim:page:<user>-<page>`, so only the list's owner turns its pages)."""
+    text: str
+    clips: list[Job]
+    buttons: list[Button]
+    page: int
+    pages: int
+
+
+def page_id(user_id: str, page: int) -> str:
+    return f"{user_id}-{page}"
+
+
+def parse_page_id(value: str) -> tuple[str, int]:
+    user_id, _, page = value.rpartition("-")
+    return user_id, int(page) if page.isdigit() else 0
 
 
 @dataclass
@@ -794,6 +815,50 @@ class BotCore:
         if q["frees_in_s"] is not None and q["per_hour"] and q["hour"] >= q["per_hour"]:
             lines.append(t(locale, "queue.frees", eta=duration(q["frees_in_s"])))
         return "\n".join(lines)
+
+    # ---- /mine ----
+
+    async def mine(self, platform: str, user_id: str, locale: str | None, page: int = 0) -> MinePage:
+        clips = await self.service.clips(f"{platform}:{user_id}")
+        pages = max(1, -(-len(clips) // MINE_PAGE))
+        page = min(max(0, page), pages - 1)
+        shown = clips[page * MINE_PAGE:(page + 1) * MINE_PAGE]
+        if not clips:
+            return MinePage(t(locale, "mine.empty"), [], [], 0, 1)
+        lines = [t(locale, "mine.title", count=len(clips), page=page + 1, pages=pages)]
+        keys: list[Button] = []
+        for n, job in enumerate(shown, page * MINE_PAGE + 1):
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(job.created_at))
+            line = t(locale, "mine.line", n=n, prompt=shorten(job.prompt_raw, 60), preset=job.fell_back or job.preset,
+                     when=when)
+            lines.append(line + (" · " + t(locale, "mine.expired") if job.expired else ""))
+            row = len({b.row for b in keys})
+            if not job.expired:
+                keys.append(Button("post", job.id, t(locale, "buttons.post", n=n), row))
+            keys.append(Button("drop", job.id, t(locale, "buttons.drop", n=n), row))
+        turns = [(page - 1, "◀"), (page + 1, "▶")]
+        last = len({b.row for b in keys})
+        keys += [Button("page", page_id(user_id, p), label, last) for p, label in turns if 0 <= p < pages]
+        return MinePage("\n".join(lines), shown, keys, page, pages)
+
+    async def repost(self, job_id: str, platform: str, user_id: str, safety_rule: Rule, upload_limit: int
+                     ) -> tuple[Job, Path, bool]:
+        """A clip from /mine, posted again where the button was pressed: (job, video fitted to the upload
+        limit, behind a spoiler). Checked against that chat's rule, not the one it was first posted under."""
+        from engine.media.video import fit_to_size
+
+        job = await self.service.require(job_id)
+        if job.user != f"{platform}:{user_id}":
+            raise UserError("Only the person who made this clip can post it again.", "not_owner")
+        settings = await self.service.server_settings(platform, job.server or None)
+        rule: Rule = "withhold" if settings.safety == "strict" else safety_rule
+        mode = placement(job.verdict == "flagged", rule)
+        if mode == "withhold":
+            raise UserError(SAFETY_REASONS["nsfw_output"], "nsfw_repost")
+        if not job.result_path or not Path(job.result_path).exists():
+            raise UserError("This video has expired; please send the image again.", "expired")
+        video = await asyncio.to_thread(fit_to_size, Path(job.result_path), upload_limit)
+        return job, video, mode == "spoiler"
 
     # ---- per-server settings ----
 

@@ -133,6 +133,12 @@ class Commands:
             changes += [("channels", f"-{remove_channel.id}")] if remove_channel else []
             await commands.settings(interaction, changes)
 
+        @tree.command(name=text("name_mine"), description=text("desc_mine"))
+        async def mine(interaction: discord.Interaction) -> None:
+            from bot.discord.components import show_mine
+
+            await show_mine(front, interaction, 0)
+
         @tree.command(name=text("name_privacy"), description=text("desc_privacy"))
         async def privacy(interaction: discord.Interaction) -> None:
             await reply(interaction, front.core.privacy_text(str(interaction.locale)))

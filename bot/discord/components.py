@@ -7,15 +7,27 @@ and buttons of old results keep working after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
+from discord.utils import MISSING
 
-from bot.core import BUTTON_ACTIONS, Button, buttons, error_text, t
-from bot.discord.api import NO_MENTIONS, PLATFORM, answer_deferred, rate_limited, reply, safety_rule
+from bot.core import BUTTON_ACTIONS, Button, buttons, error_text, parse_page_id, shorten, t
+from bot.discord.api import (
+    NO_MENTIONS,
+    PLATFORM,
+    answer_deferred,
+    rate_limited,
+    reply,
+    safety_rule,
+    upload_limit,
+)
 from engine.errors import UserError
 from engine.jobs import Job
 
@@ -87,6 +99,9 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
             view = job_view(await front.core.more_buttons(job_id, locale))
             await interaction.response.edit_message(view=view)
             return
+        if action in ("post", "drop", "page"):
+            await _mine_action(front, interaction, action, job_id)
+            return
         if action == "report":
             await _report(front, interaction, job_id)
             await reply(interaction, t(locale, "report.thanks"))
@@ -108,6 +123,56 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
         await reply(interaction, text)
     else:
         await interaction.response.defer()
+
+
+async def show_mine(front: DiscordFrontEnd, interaction: discord.Interaction, page: int, edit: bool = False) -> None:
+    """The user's clips as an ephemeral message: one embed each with its first frame as the thumbnail, and
+    buttons to post one here again or delete it, and to turn the page."""
+    from engine.media.preview import clip_thumbnail
+
+    mine = await front.core.mine(PLATFORM, str(interaction.user.id), str(interaction.locale), page)
+    embeds, files = [], []
+    for n, job in enumerate(mine.clips):
+        embed = discord.Embed(description=mine.text.splitlines()[n + 1])
+        if not job.expired and job.result_path and Path(job.result_path).exists():
+            thumb = await asyncio.to_thread(clip_thumbnail, job.result_path)
+            files.append(discord.File(io.BytesIO(thumb), filename=f"clip{n}.jpg"))
+            embed.set_thumbnail(url=f"attachment://clip{n}.jpg")
+        embeds.append(embed)
+    content = mine.text.splitlines()[0]
+    view = job_view(mine.buttons)
+    if edit:
+        await interaction.response.edit_message(content=content, embeds=embeds, attachments=files, view=view)
+    else:
+        await interaction.response.send_message(content, embeds=embeds, files=files, view=view or MISSING,
+                                                ephemeral=True)
+
+
+async def _mine_action(front: DiscordFrontEnd, interaction: discord.Interaction, action: str, value: str) -> None:
+    user_id, locale = str(interaction.user.id), str(interaction.locale)
+    if action == "page":
+        owner, page = parse_page_id(value)
+        if owner != user_id:
+            raise UserError("Only the person who asked for this list can turn its pages.", "not_owner")
+        await show_mine(front, interaction, page, edit=True)
+        return
+    if action == "drop":
+        await front.core.service.delete(value, by_user=f"{PLATFORM}:{user_id}")
+        await show_mine(front, interaction, 0, edit=True)
+        return
+    job, video, spoiler = await front.core.repost(value, PLATFORM, user_id, _rule(front, interaction),
+                                                   upload_limit(interaction, front.config.discord.upload_limit_bytes))
+    await interaction.response.defer(thinking=True)   # a public message in this channel, then the clip
+    caption = shorten(front.core.caption(job, locale, mention=f"<@{user_id}>"), 2000)
+    with rate_limited():
+        message = await interaction.edit_original_response(
+            content=caption, attachments=[discord.File(video, filename=f"{job.id}.mp4", spoiler=spoiler)],
+            view=job_view(front.core.result_buttons(job, locale)), allowed_mentions=NO_MENTIONS)
+    await front.core.service.link_message(job.id, PLATFORM, message.channel.id, message.id)
+
+
+def _rule(front: DiscordFrontEnd, interaction: discord.Interaction):
+    return safety_rule(interaction, front.config.safety.allow_in_dms)
 
 
 async def _report(front: DiscordFrontEnd, interaction: discord.Interaction, job_id: str) -> None:

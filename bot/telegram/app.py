@@ -121,7 +121,8 @@ class TelegramFrontEnd:
         app.add_handler(CommandHandler(["animate", "hq"], commands.on_animate, filters=message))
         simple = {"cancel": commands.on_cancel, "queue": commands.on_queue, "help": commands.on_help,
                   "start": commands.on_help, "forget": commands.on_forget, "privacy": commands.on_privacy,
-                  "info": commands.on_info, "extend": commands.on_extend, "settings": commands.on_settings}
+                  "info": commands.on_info, "extend": commands.on_extend, "settings": commands.on_settings,
+                  "mine": commands.on_mine}
         for name, callback in simple.items():
             app.add_handler(CommandHandler(name, callback, filters=message))
         app.add_handler(CommandHandler(list(ADMIN_COMMANDS), commands.on_admin, filters=message))

@@ -1,8 +1,9 @@
 """The Telegram commands and messages that users send, and how a job is started from them.
 
 A job starts from a photo captioned `/animate` or `/hq`, from either command as a reply to an image, or from
-the next image a user sends after a bare `/animate <prompt>` (a `PendingAsk`). The other commands (`/help`,
-`/queue`, `/cancel`, `/forget`, `/privacy`, `/info` and the admin ones) answer with one text each. The command menu texts
+the next image a user sends after a bare `/animate <prompt>` (a `PendingAsk`), and from `/extend` as a reply
+to a result. `/settings` and `/mine` answer with a message of their own; the other commands (`/help`, `/queue`,
+`/cancel`, `/forget`, `/privacy`, `/info` and the admin ones) with one text each. The command menu texts
 (`command_texts`, from templates/messages) live here too, next to the commands they describe.
 
 The only state is short-lived and in memory: pending asks and the albums already handled.
@@ -44,7 +45,8 @@ TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
 MEDIA = filters.PHOTO | filters.Document.ALL | filters.VIDEO | filters.ANIMATION
 ADMIN_COMMANDS = ("stats", "pause", "resume", "ban", "unban")
 
-MENU_COMMANDS = ("animate", "hq", "extend", "queue", "cancel", "info", "forget", "privacy", "help")   # texts: [telegram] in templates
+MENU_COMMANDS = ("animate", "hq", "extend", "mine", "queue", "cancel", "info", "forget", "privacy",
+                 "help")   # texts: [telegram] in templates
 
 
 def command_texts(locale: str) -> list[BotCommand]:
@@ -310,6 +312,14 @@ class Commands:
             return await self.front.core.admin(PLATFORM, user_id, locale, command_name(message.text),
                                                command_rest(message.text))
         await self._run_command(update, produce)
+
+    async def on_mine(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/mine: the user's clips, five a page, with buttons to post one here again, delete it, turn the page."""
+        if (sent := sender_of(update)) is None:
+            return
+        message, user = sent
+        mine = await self.front.core.mine(PLATFORM, str(user.id), locale_of(message))
+        await reply(self.front.bot, message, mine.text, reply_markup=keyboard(mine.buttons))
 
     async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/settings shows a group's settings; /settings KEY VALUE changes one (the group's administrators)."""

@@ -7,6 +7,7 @@ working after a restart. The core decides what an action does; this module turns
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -16,7 +17,7 @@ from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, 
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.core import Button, buttons, error_text, parse_custom_id, shorten, t
+from bot.core import Button, buttons, error_text, parse_custom_id, parse_page_id, shorten, t
 from bot.telegram.api import PLATFORM, rate_limited, reply
 from engine.errors import UserError
 
@@ -68,6 +69,9 @@ class Buttons:
                     await message.edit_reply_markup(reply_markup=markup)
                 await self._answer(query, "", False)
                 return
+            if action in ("post", "drop", "page") and isinstance(message, Message):
+                return await self._answer(query, await self._mine_action(message, user, action, job_id, locale),
+                                          False)
             if action == "report" and isinstance(message, Message):
                 await self._report(message, user, job_id)
                 text, alert = t(locale, "report.thanks"), True
@@ -89,6 +93,33 @@ class Buttons:
         if new_job is not None and query.message is not None:
             await front.commands.follow(new_job, query.message.chat.id, query.message.message_id, locale,
                                         user.first_name, [])
+
+    async def _mine_action(self, message: Message, user: User, action: str, value: str, locale: str) -> str:
+        """A /mine button: turn the page, delete a clip (the list is shown again), or post one in this chat."""
+        core = self.front.core
+        if action == "post":
+            config = self.front.config
+            job, video, spoiler = await core.repost(value, PLATFORM, str(user.id), config.safety.telegram,
+                                                    config.telegram.upload_limit_bytes)
+            data = await asyncio.to_thread(video.read_bytes)
+            with rate_limited():
+                sent = await self.front.bot.send_video(
+                    message.chat_id, data, filename=f"{job.id}.mp4", caption=core.caption(job, locale, user.first_name),
+                    reply_markup=keyboard(core.result_buttons(job, locale)), has_spoiler=spoiler,
+                    supports_streaming=True)
+            await core.service.link_message(job.id, PLATFORM, message.chat_id, sent.message_id)
+            return t(locale, "mine.posted")
+        if action == "page":
+            owner, page = parse_page_id(value)
+            if owner != str(user.id):
+                raise UserError("Only the person who asked for this list can turn its pages.", "not_owner")
+        else:
+            page = 0
+            await core.service.delete(value, by_user=f"{PLATFORM}:{user.id}")
+        mine = await core.mine(PLATFORM, str(user.id), locale, page)
+        with contextlib.suppress(BadRequest):   # "message is not modified"
+            await message.edit_text(mine.text, reply_markup=keyboard(mine.buttons))
+        return ""
 
     async def _report(self, message: Message, user: User, job_id: str) -> None:
         """Tell the group's moderation chat about a reported clip (or the bot's admins privately), with a

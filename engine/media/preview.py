@@ -12,6 +12,7 @@ from PIL import Image
 
 PREVIEW_LONG_SIDE = 256
 STATUS_PHOTO_LONG_SIDE = 512
+THUMBNAIL_LONG_SIDE = 160
 
 
 def _fit(size: tuple[int, int], long_side: int) -> tuple[int, int]:
@@ -41,4 +42,15 @@ def status_photo(path: str | Path, long_side: int = STATUS_PHOTO_LONG_SIDE) -> b
         image = image.resize(_fit(image.size, long_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def clip_thumbnail(path: str | Path, long_side: int = THUMBNAIL_LONG_SIDE) -> bytes:
+    """A JPEG of a clip's first frame, at most `long_side` px on its long side (the /mine list)."""
+    from engine.media.video import read_first_frame
+
+    image = Image.fromarray(read_first_frame(path))
+    image = image.resize(_fit(image.size, long_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=80)
     return buf.getvalue()

@@ -250,6 +250,17 @@ def read_mp4_frames(path: str | Path) -> np.ndarray:
     return data.reshape(-1, height, width, 3)
 
 
+def read_first_frame(path: str | Path) -> np.ndarray:
+    """The first frame of a video as an (H, W, 3) uint8 RGB array, decoding nothing after it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "No such video file", str(path))
+    proc = _run(["-i", f"file:{path}", "-map", "0:v:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                 "pipe:1"], "decode")
+    out = _parse_video_stream(_video_lines(proc.stderr.decode("utf-8", "replace"))[-1])
+    return np.frombuffer(proc.stdout, dtype=np.uint8).reshape(out["height"], out["width"], 3)
+
+
 # ---------------------------------------------------------------- fitting a size cap
 
 

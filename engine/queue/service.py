@@ -442,6 +442,11 @@ class JobService:
         self._remove_files(job)
         return await self.store.update(job_id, expired=True, delivered=True)
 
+    async def clips(self, user: str) -> list[Job]:
+        """A user's finished clips, newest first (expired ones too: /mine says so)."""
+        jobs = await self.store.jobs(user=user, states=[JobState.DONE], limit=100_000)
+        return sorted((j for j in jobs if not j.removed_by), key=lambda j: j.created_at, reverse=True)
+
     async def report(self, job_id: str) -> Job:
         job = await self.require(job_id)
         return await self.store.update(job_id, reports=job.reports + 1)
