@@ -818,8 +818,11 @@ class BotCore:
 
     # ---- /mine ----
 
-    async def mine(self, platform: str, user_id: str, locale: str | None, page: int = 0) -> MinePage:
+    async def mine(self, platform: str, user_id: str, locale: str | None, page: int = 0, around: str = ""
+                   ) -> MinePage:
+        """A page of the user's clips: `page`, or the one that lists the clip `around`."""
         clips = await self.service.clips(f"{platform}:{user_id}")
+        page = next((i // MINE_PAGE for i, j in enumerate(clips) if j.id == around), page)
         pages = max(1, -(-len(clips) // MINE_PAGE))
         page = min(max(0, page), pages - 1)
         shown = clips[page * MINE_PAGE:(page + 1) * MINE_PAGE]
@@ -832,13 +835,12 @@ class BotCore:
             line = t(locale, "mine.line", n=n, prompt=shorten(job.prompt_raw, 60), preset=job.fell_back or job.preset,
                      when=when)
             lines.append(line + (" · " + t(locale, "mine.expired") if job.expired else ""))
-            row = len({b.row for b in keys})
+            # One row of Post buttons, one of Delete buttons, one to turn pages: Discord allows five rows.
             if not job.expired:
-                keys.append(Button("post", job.id, t(locale, "buttons.post", n=n), row))
-            keys.append(Button("drop", job.id, t(locale, "buttons.drop", n=n), row))
+                keys.append(Button("post", job.id, t(locale, "buttons.post", n=n), 0))
+            keys.append(Button("drop", job.id, t(locale, "buttons.drop", n=n), 1))
         turns = [(page - 1, "◀"), (page + 1, "▶")]
-        last = len({b.row for b in keys})
-        keys += [Button("page", page_id(user_id, p), label, last) for p, label in turns if 0 <= p < pages]
+        keys += [Button("page", page_id(user_id, p), label, 2) for p, label in turns if 0 <= p < pages]
         return MinePage("\n".join(lines), shown, keys, page, pages)
 
     async def repost(self, job_id: str, platform: str, user_id: str, safety_rule: Rule, upload_limit: int

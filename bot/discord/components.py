@@ -125,12 +125,13 @@ async def on_button(front: DiscordFrontEnd, interaction: discord.Interaction, ac
         await interaction.response.defer()
 
 
-async def show_mine(front: DiscordFrontEnd, interaction: discord.Interaction, page: int, edit: bool = False) -> None:
+async def show_mine(front: DiscordFrontEnd, interaction: discord.Interaction, page: int, edit: bool = False,
+                    around: str = "") -> None:
     """The user's clips as an ephemeral message: one embed each with its first frame as the thumbnail, and
     buttons to post one here again or delete it, and to turn the page."""
     from engine.media.preview import clip_thumbnail
 
-    mine = await front.core.mine(PLATFORM, str(interaction.user.id), str(interaction.locale), page)
+    mine = await front.core.mine(PLATFORM, str(interaction.user.id), str(interaction.locale), page, around)
     embeds, files = [], []
     for n, job in enumerate(mine.clips):
         embed = discord.Embed(description=mine.text.splitlines()[n + 1])
@@ -158,7 +159,7 @@ async def _mine_action(front: DiscordFrontEnd, interaction: discord.Interaction,
         return
     if action == "drop":
         await front.core.service.delete(value, by_user=f"{PLATFORM}:{user_id}")
-        await show_mine(front, interaction, 0, edit=True)
+        await show_mine(front, interaction, 0, edit=True, around=value)   # the same page, saying "expired"
         return
     job, video, spoiler = await front.core.repost(value, PLATFORM, user_id, _rule(front, interaction),
                                                    upload_limit(interaction, front.config.discord.upload_limit_bytes))

@@ -319,7 +319,7 @@ class Commands:
             return
         message, user = sent
         mine = await self.front.core.mine(PLATFORM, str(user.id), locale_of(message))
-        await reply(self.front.bot, message, mine.text, reply_markup=keyboard(mine.buttons))
+        await reply(self.front.bot, message, mine.text, reply_markup=keyboard(mine.buttons, per_row=5))
 
     async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/settings shows a group's settings; /settings KEY VALUE changes one (the group's administrators)."""

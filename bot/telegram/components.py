@@ -116,9 +116,9 @@ class Buttons:
         else:
             page = 0
             await core.service.delete(value, by_user=f"{PLATFORM}:{user.id}")
-        mine = await core.mine(PLATFORM, str(user.id), locale, page)
+        mine = await core.mine(PLATFORM, str(user.id), locale, page, around=value if action == "drop" else "")
         with contextlib.suppress(BadRequest):   # "message is not modified"
-            await message.edit_text(mine.text, reply_markup=keyboard(mine.buttons))
+            await message.edit_text(mine.text, reply_markup=keyboard(mine.buttons, per_row=5))
         return ""
 
     async def _report(self, message: Message, user: User, job_id: str) -> None:
