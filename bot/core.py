@@ -1,7 +1,8 @@
-"""Platform-neutral bot flow: check input, submit, follow a job, render status texts, throttle edits, deliver.
+"""Platform-neutral bot flow: check input, submit, follow a job, deliver; buttons, /mine, /settings, reports.
 
 A front end (Discord, Telegram) turns chat events into `JobRequest`s and implements `JobUI` for one status
-message; everything else lives here, so both platforms behave the same. Nothing here imports torch.
+message; everything else lives here, so both platforms behave the same. Texts are in bot/texts.py, edit pacing
+in bot/edits.py, the buttons in bot/buttons.py. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 import time
-import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from bot.buttons import MINE_PAGE, Button, MinePage, buttons, page_id
+from bot.edits import EditScheduler, RetryLater, with_retries
+from bot.texts import StatusState, duration, shorten, t
 from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import (
@@ -43,245 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot.core")
 
-MESSAGES_DIR = Path(__file__).resolve().parent.parent / "templates" / "messages"
-BAR_WIDTH = 12
 QUEUE_DETAIL_POSITIONS = 3          # statuses this close to the front follow every move
 DEEP_QUEUE_EDIT_INTERVAL_S = 10.0   # further back, at most one edit this often
-
-
-# ---------------------------------------------------------------- texts
-
-@cache
-def _messages(locale: str) -> dict[str, dict[str, str]]:
-    path = MESSAGES_DIR / f"{locale}.toml"
-    return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-
-
-def lang(locale: str | None) -> str:
-    """Platform locale ("zh-CN", "zh-TW", "en-US", "zh-hans") -> the message set we have ("zh" or "en")."""
-    return "zh" if (locale or "").lower().startswith("zh") else "en"
-
-
-def t(locale: str | None, key: str, **params: Any) -> str:
-    """The text for "section.name" in the user's language, falling back to English."""
-    section, name = key.split(".", 1)
-    for loc in (lang(locale), "en"):
-        text = _messages(loc).get(section, {}).get(name)
-        if text is not None:
-            try:
-                return text.format(**params)
-            except (KeyError, IndexError, ValueError):
-                continue
-    return key
-
-
-def error_text(exc: UserError, locale: str | None) -> str:
-    """A refusal in the user's language: a translated text for its key, else the engine's own sentence."""
-    text = t(locale, f"errors.{exc.key}", **exc.params)
-    return str(exc) if text == f"errors.{exc.key}" else text
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, sec = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def progress_bar(step: int, total: int, width: int = BAR_WIDTH) -> str:
-    filled = round(width * step / total) if total else 0
-    return "▰" * filled + "▱" * (width - filled)
-
-
-def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# ---------------------------------------------------------------- status state
-
-@dataclass
-class StatusState:
-    """Everything a status message shows; `render` turns it into text."""
-    phase: str = "queued"          # queued | warming | starting | rendering | delivering | final
-    position: int = 0
-    eta_s: float | None = None
-    moved_back: bool = False
-    retry: bool = False
-    paused: bool = False
-    step: int = 0
-    total: int = 0
-    elapsed_s: float = 0.0
-    fell_back: str = ""
-    hints: list[str] = field(default_factory=list)
-    final_text: str = ""
-    preview_step: int = 0          # the latest preview of the forming clip (not part of the text)
-
-    def render(self, locale: str | None) -> str:
-        lines = []
-        if self.phase == "final":
-            lines.append(self.final_text)
-        elif self.phase == "queued":
-            key = "status.queued_first" if self.position <= 1 else "status.queued"
-            lines.append(t(locale, key, position=self.position, eta=duration(self.eta_s)))
-            if self.paused:
-                lines.append(t(locale, "status.paused"))
-            if self.retry:
-                lines.append(t(locale, "status.retry"))
-            elif self.moved_back:
-                lines.append(t(locale, "status.moved_back"))
-        elif self.phase == "warming":
-            lines.append(t(locale, "status.warming_up"))
-        elif self.phase == "starting":
-            lines.append(t(locale, "status.starting"))
-        elif self.phase == "rendering":
-            percent = round(100 * self.step / self.total) if self.total else 0
-            lines.append(t(locale, "status.rendering", bar=progress_bar(self.step, self.total), percent=percent,
-                           step=self.step, total=self.total, elapsed=duration(self.elapsed_s),
-                           eta=duration(self.eta_s)))
-        elif self.phase == "delivering":
-            lines.append(t(locale, "status.delivering"))
-        if self.fell_back and self.phase != "final":
-            lines.append(t(locale, "status.fell_back", preset=self.fell_back))
-        if self.hints and self.phase != "final":
-            lines.append(t(locale, "status.hints_title"))
-            lines.extend(f"• {h}" for h in self.hints)
-        return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- edits
-
-class RetryLater(Exception):
-    """Raised by a platform's send function when it was told to wait (HTTP 429 / flood control)."""
-
-    def __init__(self, seconds: float):
-        super().__init__(f"retry after {seconds:.2f}s")
-        self.seconds = seconds
-
-
-class EditScheduler:
-    """Edits of one message: at most one in flight, coalesced to the latest state, a minimum interval apart,
-    and waiting out retry-after. `update` never blocks the caller."""
-
-    def __init__(self, send: Callable[[Any], Awaitable[None]], min_interval_s: float,
-                 on_edit: Callable[[], None] | None = None, max_failures: int = 5):
-        self._send = send
-        self.min_interval_s = min_interval_s
-        self._pending: Any = None
-        self._has_pending = False
-        self._last_sent_at = 0.0
-        self._last_sent: Any = None
-        self._task: asyncio.Task | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._on_edit = on_edit
-        self._max_failures = max_failures
-        self.edits = 0
-        self.retries = 0
-
-    def update(self, payload: Any) -> None:
-        if payload == self._last_sent and not self._has_pending:
-            return
-        self._pending, self._has_pending = payload, True
-        self._idle.clear()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="status-edits")
-
-    async def _run(self) -> None:
-        failures = 0
-        while self._has_pending:
-            wait = self._last_sent_at + self.min_interval_s - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            payload, self._has_pending = self._pending, False
-            if payload == self._last_sent:
-                continue
-            try:
-                await self._send(payload)
-                failures = 0
-                self.edits += 1
-                self._last_sent = payload
-                if self._on_edit:
-                    self._on_edit()
-            except RetryLater as exc:
-                self.retries += 1
-                if not self._has_pending:   # keep the newest payload
-                    self._pending, self._has_pending = payload, True
-                await asyncio.sleep(exc.seconds)
-            except Exception as exc:  # a progress edit is worth retrying a few times, never worth a crash
-                failures += 1
-                self.retries += 1
-                log.warning("status edit failed (%s): %s", type(exc).__name__, exc)
-                if failures < self._max_failures and not self._has_pending:
-                    self._pending, self._has_pending = payload, True
-                await asyncio.sleep(min(8.0, 0.5 * 2 ** failures))
-            self._last_sent_at = time.monotonic()
-        self._idle.set()
-
-    async def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the latest state has been sent (or given up on)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
-
-    async def close(self) -> None:
-        if self._task and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
-async def with_retries(fn: Callable[[], Awaitable[Any]], attempts: int = 5, base_delay_s: float = 0.5,
-                       retry_on: tuple[type[BaseException], ...] = (Exception,)) -> Any:
-    """Run an important call (the result upload) with backoff; a RetryLater waits exactly as told."""
-    for attempt in range(attempts):
-        try:
-            return await fn()
-        except RetryLater as exc:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(exc.seconds)
-        except retry_on as exc:
-            if attempt == attempts - 1 or isinstance(exc, UserError):
-                raise
-            delay = base_delay_s * 2 ** attempt * (1 + random.random() / 4)
-            log.warning("retrying after %s: %s (in %.1fs)", type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
-
-
-# ---------------------------------------------------------------- buttons
-
-@dataclass(frozen=True)
-class Button:
-    action: str       # one of BUTTON_ACTIONS
-    job_id: str
-    label: str
-    row: int = 0      # a result's first row holds what is used most; the rest is behind More
-
-    @property
-    def custom_id(self) -> str:
-        """Fits Discord's 100-character custom ids and Telegram's 64-byte callback data; survives restarts."""
-        return f"anim:{self.action}:{self.job_id}"
-
-
-def parse_custom_id(custom_id: str) -> tuple[str, str] | None:
-    parts = custom_id.split(":")
-    if len(parts) == 3 and parts[0] == "anim" and parts[1] in BUTTON_ACTIONS:
-        return parts[1], parts[2]
-    return None
-
-
-BUTTON_ACTIONS = ("cancel", "hq", "reroll", "extend", "more", "smooth", "loop", "report", "delete", "info",
-                  "remove", "post", "drop", "page")
-MINE_PAGE = 5   # clips a /mine page lists
-
-
-def buttons(locale: str | None, job_id: str, *actions: str, row: int = 0) -> list[Button]:
-    return [Button(a, job_id, t(locale, f"buttons.{a}"), row) for a in actions]
 
 
 # ---------------------------------------------------------------- requests and the UI a platform provides
@@ -339,26 +104,6 @@ def settle_heap() -> None:
     collections paused the event loop for up to 180 ms without it and about 60 ms with it."""
     gc.collect()
     gc.freeze()
-
-
-@dataclass
-class MinePage:
-    """One page of a user's /mine: the text, its clips (newest first) and the buttons (post again, delete,
-    previous and next: `anim:page:<user>-<page>`, so only the list's owner turns its pages)."""
-    text: str
-    clips: list[Job]
-    buttons: list[Button]
-    page: int
-    pages: int
-
-
-def page_id(user_id: str, page: int) -> str:
-    return f"{user_id}-{page}"
-
-
-def parse_page_id(value: str) -> tuple[str, int]:
-    user_id, _, page = value.rpartition("-")
-    return user_id, int(page) if page.isdigit() else 0
 
 
 @dataclass

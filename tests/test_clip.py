@@ -144,4 +144,4 @@ async def test_smooth_and_loop_run_one_at_a_time_per_user(tmp_path, tiny_parts):
         # Someone else is not held up by it, and the same user can go on once it is done.
         _, looped = await stack.core.on_button("loop", smoothed.id, "test", "1", "en")
         assert probe_mp4(looped.result_path)["frames"] == 18   # smooth (10) then loop: 2 * 9
-        assert [b.action for b in stack.core.result_buttons(looped, "en", expanded=True)][3:] == ["delete", "info"]
+        assert [b.action for b in stack.core.result_buttons(looped, "en", expanded=True)][3:] == ["report", "delete", "info"]

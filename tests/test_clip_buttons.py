@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import BotCore, t
+from bot.core import BotCore
 from bot.telegram.app import TelegramFrontEnd
+from bot.texts import t
 from engine.jobs import JobState
 from engine.media.video import probe_mp4
 from tests.fakes.discord_server import FakeDiscord
@@ -57,7 +58,7 @@ async def test_discord_more_smooth_loop_and_extend_each_deliver_a_new_clip(tmp_p
         assert ids(result) == ["hq", "reroll", "extend", "more"]
         more = await fake.click_button(result.id, f"anim:more:{job_id}")
         await fake.wait_for(lambda: "smooth" in ids(fake.messages[result.id]))
-        assert ids(fake.messages[result.id]) == ["hq", "reroll", "extend", "smooth", "loop", "delete", "info"]
+        assert ids(fake.messages[result.id]) == ["hq", "reroll", "extend", "smooth", "loop", "report", "delete", "info"]
         assert more.response_type == 7   # the message itself, updated in place
 
         smoothed = await result_of(fake, await fake.click_button(result.id, f"anim:smooth:{job_id}"))
@@ -119,7 +120,7 @@ async def test_telegram_more_smooth_then_after_a_restart_loop_and_extend(tmp_pat
                 assert [d.split(":")[1] for d in result.callback_data()] == ["hq", "reroll", "extend", "more"]
                 more = fake.press_button(chat, alice, result, f"anim:more:{job_id}")
                 await fake.wait_for(lambda: more.answered)
-                await fake.wait_for(lambda: len(fake.message(chat.id, result.message_id).callback_data()) == 7)
+                await fake.wait_for(lambda: len(fake.message(chat.id, result.message_id).callback_data()) == 8)
                 press = fake.press_button(chat, alice, result, f"anim:smooth:{job_id}")
                 [_, smoothed] = await env.videos(2, timeout=60)
                 assert press.answered and mp4_of(smoothed.files["video"].data, tmp_path, "s")["frames"] == 10

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import (
-    EditScheduler,
-    JobRequest,
-    RetryLater,
-    StatusState,
-    parse_custom_id,
-    progress_bar,
-    t,
-)
+from bot.buttons import parse_custom_id
+from bot.core import JobRequest
+from bot.edits import EditScheduler, RetryLater
+from bot.texts import StatusState, progress_bar, t
 from engine.errors import UserError
 from engine.jobs import JobState
 from engine.media.video import probe_mp4

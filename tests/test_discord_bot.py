@@ -15,8 +15,8 @@ import discord
 import pytest
 from PIL import Image
 
-from bot.core import t
 from bot.discord.app import DiscordFrontEnd
+from bot.texts import t
 from engine.config import Config
 from engine.jobs import JobState
 from engine.media.video import probe_mp4
@@ -191,7 +191,7 @@ async def test_animate_defers_edits_progress_and_delivers_an_mp4(tmp_path, fake,
         assert result.component_custom_ids() == [f"anim:{a}:{job.id}" for a in ("hq", "reroll", "extend", "more")]
         await open_more(fake, result, job.id)
         assert result.component_custom_ids() == [f"anim:{a}:{job.id}" for a in (
-            "hq", "reroll", "extend", "smooth", "loop", "delete", "info")]
+            "hq", "reroll", "extend", "smooth", "loop", "report", "delete", "info")]
         assert [r["components"][0]["custom_id"] for r in result.components] == [
             f"anim:hq:{job.id}", f"anim:smooth:{job.id}"]   # two rows
 

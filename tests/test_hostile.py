@@ -5,7 +5,8 @@ import asyncio
 
 import pytest
 
-from bot.core import JobRequest, error_text
+from bot.core import JobRequest
+from bot.texts import error_text
 from engine.errors import UserError
 from tests.harness import make_config, photo_bytes, running_stack
 from tests.hostile_inputs import IMAGE_LIMITS, PROMPT_LIMITS, image_corpus, prompt_corpus

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import t
+from bot.texts import t
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = ROOT / "templates" / "messages"

@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from bot.core import BotCore, t
+from bot.core import BotCore
 from bot.telegram.app import TelegramFrontEnd
+from bot.texts import t
 from engine.jobs import JobState
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram

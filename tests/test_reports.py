@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import t
+from bot.texts import t
 from engine.jobs import JobState
 from tests.fakes.discord_server import ALL_PERMISSIONS, FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import t
+from bot.texts import t
 from engine.__main__ import main as engine_main
 from engine.errors import UserError
 from engine.jobs import JobState

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.core import BotCore, t
+from bot.core import BotCore
 from bot.telegram.app import TelegramFrontEnd
+from bot.texts import t
 from engine.errors import UserError
 from engine.servers import ServerSettings, change
 from tests.fakes.discord_server import ALL_PERMISSIONS, FakeDiscord

@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bot.core import BotCore, t
+from bot.core import BotCore
 from bot.telegram import commands as telegram_commands
 from bot.telegram.app import TelegramFrontEnd
+from bot.texts import t
 from engine.jobs import Job, JobState
 from engine.media.video import probe_mp4, write_mp4
 from engine.prompts import load_templates

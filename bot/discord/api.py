@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import discord
 
-from bot.core import RetryLater, shorten
+from bot.edits import RetryLater
+from bot.texts import shorten
 from engine.errors import UserError
 from engine.safety import Rule
 

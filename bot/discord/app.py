@@ -22,11 +22,12 @@ import discord
 import yarl
 from discord import app_commands
 
-from bot.core import BotCore, error_text, t
+from bot.core import BotCore
 from bot.discord.api import NO_MENTIONS, PLATFORM, download_attachment, reply
 from bot.discord.commands import Commands, CommandTranslator
 from bot.discord.components import JobButton
 from bot.discord.status import StatusMessage, StatusRef, ref_for, status_for_stored_job
+from bot.texts import error_text, t
 from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import Job

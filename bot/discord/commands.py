@@ -17,9 +17,10 @@ import discord
 from discord import app_commands
 from discord.app_commands import Range, locale_str
 
-from bot.core import JobRequest, error_text, lang, t
+from bot.core import JobRequest
 from bot.discord.api import PLATFORM, _is_image, answer_deferred, reply, safety_rule
 from bot.discord.components import PromptModal
+from bot.texts import error_text, lang, t
 from engine.errors import UserError
 from engine.prompts import CAMERAS, SPEEDS
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.utils import MISSING
 
-from bot.core import BUTTON_ACTIONS, Button, buttons, error_text, parse_page_id, shorten, t
+from bot.buttons import BUTTON_ACTIONS, Button, buttons, parse_page_id
 from bot.discord.api import (
     NO_MENTIONS,
     PLATFORM,
@@ -28,6 +28,7 @@ from bot.discord.api import (
     safety_rule,
     upload_limit,
 )
+from bot.texts import error_text, shorten, t
 from engine.errors import UserError
 from engine.jobs import Job
 

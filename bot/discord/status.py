@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.core import Button, shorten
+from bot.buttons import Button
 from bot.discord.api import MAX_CONTENT, NO_MENTIONS, _retrieve, rate_limited, upload_limit
 from bot.discord.components import job_view
+from bot.texts import shorten
 from engine.errors import UserError
 from engine.jobs import Job
 

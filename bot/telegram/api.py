@@ -22,7 +22,8 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
-from bot.core import BotCore, RetryLater, with_retries
+from bot.core import BotCore
+from bot.edits import RetryLater, with_retries
 from engine.errors import UserError
 
 if TYPE_CHECKING:

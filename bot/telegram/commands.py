@@ -23,10 +23,13 @@ from telegram import BotCommand, ForceReply, Message, Update, User
 from telegram.error import TimedOut
 from telegram.ext import ContextTypes, filters
 
-from bot.core import Button, JobRequest, RetryLater, StatusState, error_text, t, with_retries
+from bot.buttons import Button
+from bot.core import JobRequest
+from bot.edits import RetryLater, with_retries
 from bot.telegram.api import PLATFORM, attachment_of, download, reply
 from bot.telegram.components import keyboard
 from bot.telegram.status import StatusMessage
+from bot.texts import StatusState, error_text, t
 from engine.errors import UserError
 from engine.jobs import Job
 from engine.media.preview import status_photo

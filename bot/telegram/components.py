@@ -1,6 +1,6 @@
 """Inline keyboards and the buttons' callback queries.
 
-A button's callback data (`anim:<action>:<job id>`, see `bot.core.Button`) is all it needs, so buttons keep
+A button's callback data (`anim:<action>:<job id>`, see `bot.buttons.Button`) is all it needs, so buttons keep
 working after a restart. The core decides what an action does; this module turns it into a callback answer
 (an alert for refusals and for the info text) and follows any job a button started (HQ, reroll).
 """
@@ -17,8 +17,9 @@ from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, 
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.core import Button, buttons, error_text, parse_custom_id, parse_page_id, shorten, t
+from bot.buttons import Button, buttons, parse_custom_id, parse_page_id
 from bot.telegram.api import PLATFORM, rate_limited, reply
+from bot.texts import error_text, shorten, t
 from engine.errors import UserError
 
 if TYPE_CHECKING:

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 from telegram import InlineKeyboardMarkup, InputMediaAnimation
 from telegram.error import BadRequest, Forbidden, TelegramError, TimedOut
 
-from bot.core import Button, RetryLater, shorten, t
+from bot.buttons import Button
+from bot.edits import RetryLater
 from bot.telegram.api import PLATFORM, is_gone, is_not_modified, rate_limited, reply_to, send_text
 from bot.telegram.components import keyboard
+from bot.texts import shorten, t
 from engine.errors import UserError
 from engine.jobs import Job
 
