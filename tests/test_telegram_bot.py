@@ -399,7 +399,8 @@ async def test_commands_queue_cancel_help_admin_and_allow_list(tmp_path, tiny_pa
                     return (await env.replies(message))[0].params["text"]
 
                 assert await say(team, user, "/help") == t("zh", "help.text")
-                assert await say(team, user, "/queue") == t("zh", "queue.empty")
+                queue = await say(team, user, "/queue")   # nothing waiting, and the quota
+                assert queue.startswith(t("zh", "queue.empty")) and "0/2" in queue
                 assert await say(team, user, "/cancel") == t("zh", "errors.cancel_none")
                 assert await say(team, user, "/stats") == t("zh", "admin.not_admin")
                 assert await say(elsewhere, user, "/animate a cat") == t("zh", "errors.not_allowed_here")
@@ -409,7 +410,7 @@ async def test_commands_queue_cancel_help_admin_and_allow_list(tmp_path, tiny_pa
                 photo = fake.send_photo(team, user, photo_bytes(), caption="/animate a cat")
                 [status] = await env.replies(photo)
                 assert t("zh", "status.paused") in shown(status)
-                assert "渲染中" not in await say(team, user, "/queue")
+                assert "渲染中，第" not in await say(team, user, "/queue")   # paused: waiting, not rendering
                 assert await say(team, user, "/cancel") == t("zh", "status.cancelled")
                 assert await say(team, admin, "/resume") == t("en", "admin.resumed")
                 assert await say(team, admin, f"/ban {user.id}") == t("en", "admin.banned", user=user.id)
