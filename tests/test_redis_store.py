@@ -494,3 +494,42 @@ async def test_hour_usage_counts_a_users_submissions_on_both_backends(store, sql
         await s.submit(make_job("a", 2), Limits())
         count, oldest = await s.hour_usage("a")
         assert count == 2 and before - 1 <= oldest <= time.time()
+
+
+async def test_wait_for_change_wakes_on_another_connections_write_on_both_backends(redis_url, store, tmp_path):
+    sqlite_a, sqlite_b = SQLiteStore(tmp_path / "w.sqlite3"), SQLiteStore(tmp_path / "w.sqlite3")
+    await sqlite_a.open()
+    await sqlite_b.open()
+    redis_b = RedisStore(redis_url)
+    await redis_b.open()
+    try:
+        for waiter, writer in ((sqlite_a, sqlite_b), (store, redis_b)):
+            await waiter.wait_for_change(0.05)   # the first call subscribes / reads the version it starts from
+            assert await waiter.wait_for_change(0.2) is False            # nothing written: the whole timeout
+            wait = asyncio.create_task(waiter.wait_for_change(10))
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            await writer.submit(make_job("w", 1), Limits())
+            assert await asyncio.wait_for(wait, 5) is True
+            assert time.monotonic() - t0 < 1.0   # woken by the write, not by the 10 s timeout
+    finally:
+        await sqlite_a.close()
+        await sqlite_b.close()
+        await redis_b.close()
+
+
+async def test_an_idle_worker_starts_a_job_on_the_submit_not_at_its_next_poll(tmp_path, tiny_parts, monkeypatch):
+    import engine.queue.worker as worker_module
+    from tests.harness import make_config, running_stack
+    from tests.tiny_model import make_photo
+
+    monkeypatch.setattr(worker_module, "IDLE_POLL_S", 30.0)   # a poll would come far too late
+    async with running_stack(make_config(tmp_path), tiny_parts) as stack:
+        while await stack.service.worker_state() != "ready":
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)   # the worker is waiting now
+        job = await stack.service.submit(user="u", image=make_photo(), prompt_raw="waves")
+        t0 = time.monotonic()
+        while (await stack.service.get(job.id)).state == JobState.QUEUED:
+            assert time.monotonic() - t0 < 5, "the idle worker did not wake on the submit"
+            await asyncio.sleep(0.01)

@@ -32,6 +32,7 @@ server (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import statistics
 import time
@@ -406,6 +407,7 @@ class RedisStore:
         self.lease_ttl_s = lease_ttl_s
         self._r: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._changes: Any = None   # a subscription to the events channel, for wait_for_change
 
     # ---- connection ----
 
@@ -415,6 +417,10 @@ class RedisStore:
         self._scripts = {name: self._r.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
 
     async def close(self) -> None:
+        if self._changes is not None:
+            with contextlib.suppress(Exception):
+                await self._changes.aclose()
+            self._changes = None
         if self._r is not None:
             await self._r.aclose()
             self._r = None
@@ -576,6 +582,18 @@ class RedisStore:
 
     async def message_job(self, key: str) -> str | None:
         return cast("str | None", await self.redis.hget(self.key("messages"), key))
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Return as soon as any job is written (the events channel every write publishes on), or after
+        `timeout`; True if one was."""
+        if self._changes is None:
+            self._changes = self.redis.pubsub(ignore_subscribe_messages=True)
+            await self._changes.subscribe(self.key("events"))
+        message = await self._changes.get_message(timeout=timeout)
+        changed = message is not None
+        while message is not None:   # several writes at once wake the waiter once
+            message = await self._changes.get_message(timeout=0)
+        return changed
 
     async def notifications(self) -> AsyncIterator[dict[str, Any]]:
         """Job writes as they happen: {"id", "seq", "state", "step"} from the `<prefix>events` channel."""

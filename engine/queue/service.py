@@ -7,7 +7,6 @@ subscriber, so following 500 jobs costs one indexed query per poll, not 500.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -46,6 +45,7 @@ log = logging.getLogger("engine.queue.service")
 
 FINAL_EVENTS = (Done, Failed, Cancelled)
 FOLLOWERS_PER_TURN = 50   # followers brought up to date per event-loop turn by the watcher
+WAKE_CHECK_S = 0.02       # how often the watcher, waiting on the store, looks at this process's own wake-up
 
 
 @dataclass
@@ -551,8 +551,16 @@ class JobService:
             except Exception:  # the watcher must outlive a passing store error
                 log.exception("job watcher poll failed")
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            await self._wait_for_change()
+
+    async def _wait_for_change(self) -> None:
+        """Until this process changed something (`_wake`), another one wrote to the store, or the poll interval
+        is over: a worker's progress reaches the followers in milliseconds, not at the next poll."""
+        deadline = time.monotonic() + self.poll_interval_s
+        while not (self._wake.is_set() or self._closing):
+            left = deadline - time.monotonic()
+            if left <= 0 or await self.store.wait_for_change(min(WAKE_CHECK_S, left)):
+                return
 
     async def _poll_once(self) -> None:
         jobs, seq = await self.store.changes_since(self._seq)

@@ -61,6 +61,9 @@ CREATE INDEX IF NOT EXISTS messages_job ON messages(job);
 """
 
 
+CHANGE_POLL_S = 0.01   # how often an idle waiter looks for another process's commit (wait_for_change)
+
+
 def _is_locked(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
 
@@ -81,6 +84,7 @@ class SQLiteStore:
         self.lock_retries = lock_retries
         self._db: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()   # one transaction at a time on this connection
+        self._seen_version: int | None = None   # data_version at the last wait_for_change
 
     # ---- connection ----
 
@@ -390,6 +394,26 @@ class SQLiteStore:
         cur = await self.db.execute("SELECT value FROM meta WHERE key=?", (key,))
         row = await cur.fetchone()
         return json.loads(row[0]) if row else default
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Return as soon as another connection (the other process) commits, or after `timeout`; True if one
+        did. SQLite's `data_version` moves on every such commit: reading it is a cheap query, every
+        CHANGE_POLL_S, where a job and its rows would cost a read each time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            version = await self._data_version()
+            if self._seen_version is not None and version != self._seen_version:
+                self._seen_version = version
+                return True
+            self._seen_version = version
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(CHANGE_POLL_S, left))
+
+    async def _data_version(self) -> int:
+        cur = await self.db.execute("PRAGMA data_version")
+        return int((await _one_row(cur))[0])
 
     async def get_meta(self, key: str, default: Any = None) -> Any:
         return await self._retry(self._get_meta, key, default)

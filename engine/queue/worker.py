@@ -151,8 +151,9 @@ class Worker:
         while not self._stop.is_set():
             job = await self.store.claim(self.id)
             if job is None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), IDLE_POLL_S)
+                # Woken by the next write to the store (a submit) rather than the next poll: a job reaches an
+                # idle worker in milliseconds. A stop is seen within IDLE_POLL_S.
+                await self.store.wait_for_change(IDLE_POLL_S)
                 continue
             self.state = "busy"
             try:
