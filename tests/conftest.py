@@ -12,6 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture
+async def fake():
+    """The fake Discord (tests of Telegram name their own `fake`)."""
+    from tests.fakes.discord_server import FakeDiscord
+
+    async with FakeDiscord() as server:
+        yield server
+    assert not server.server_errors
+
+
 @pytest.fixture(scope="session")
 def tiny_parts():
     """The tiny random-weight I2VGen-XL, built once per test session (torch is imported only when asked for)."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bot.core import BotCore
-from bot.telegram.app import TelegramFrontEnd
 from bot.texts import t
 from engine.jobs import JobState
 from engine.media.video import probe_mp4
@@ -23,16 +22,10 @@ from tests.test_discord_bot import (
     result_of,
     running_bot,
 )
-from tests.test_telegram_bot import Env, settle
+from tests.test_telegram_bot import settle, telegram_front
 
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-    assert not server.server_errors
 
 
 def mp4_of(data: bytes, tmp_path: Path, name: str) -> dict:
@@ -109,10 +102,7 @@ async def test_telegram_more_smooth_then_after_a_restart_loop_and_extend(tmp_pat
             alice = fake.user("Alice")
             chat = fake.private_chat(alice)
 
-            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
+            async with telegram_front(stack, config, fake) as env:
                 fake.send_photo(chat, alice, photo_bytes(), caption="/animate waves --seed 4")
                 [upload] = await env.videos(timeout=60)
                 result = fake.message(chat.id, upload.result["message_id"])
@@ -125,14 +115,9 @@ async def test_telegram_more_smooth_then_after_a_restart_loop_and_extend(tmp_pat
                 [_, smoothed] = await env.videos(2, timeout=60)
                 assert press.answered and mp4_of(smoothed.files["video"].data, tmp_path, "s")["frames"] == 10
                 await settle(stack)
-            finally:
-                await front.close()
 
             core = BotCore(config, stack.service)   # a new bot process, the same store
-            front = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
+            async with telegram_front(stack, config, fake, core) as env:
                 fake.press_button(chat, alice, result, f"anim:loop:{job_id}")
                 [*_, looped] = await env.videos(3, timeout=60)
                 assert mp4_of(looped.files["video"].data, tmp_path, "l")["frames"] == 6
@@ -151,7 +136,4 @@ async def test_telegram_more_smooth_then_after_a_restart_loop_and_extend(tmp_pat
                 [answer] = await env.replies(last)   # the chain has its one extension
                 assert answer.params["text"] == t("en", "errors.max_extends", limit=1)
                 await settle(stack)
-            finally:
-                await front.close()
-                await core.close()
         assert fake.unknown_methods == [] and fake.server_errors == []

@@ -38,13 +38,6 @@ ORIGINAL = r"/webhooks/\d+/[^/]+/messages/(@original|\d+)$"
 FOLLOWUP = r"/webhooks/\d+/[^/]+$"
 
 
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-    assert not server.server_errors
-
-
 def bot_config(tmp_path: Path, fake: FakeDiscord, discord_section: dict | None = None, **sections) -> Config:
     """Config pointing the bot at the fake (REST, gateway, CDN host), with the owner as the admin."""
     settings = {

@@ -8,24 +8,16 @@ import asyncio
 import pytest
 
 from bot.core import BotCore
-from bot.telegram.app import TelegramFrontEnd
 from bot.texts import t
 from engine.jobs import JobState
-from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram
 from tests.harness import make_config, running_stack
 from tests.test_discord_bot import bot_config, ephemeral_reply, running_bot
-from tests.test_telegram_bot import Env, settle
+from tests.test_telegram_bot import settle, telegram_front
 from tests.tiny_model import make_photo
 
 pytestmark = pytest.mark.timeout(150)
 
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-    assert not server.server_errors
 
 
 async def make_clips(stack, user: str, count: int) -> list:
@@ -99,10 +91,7 @@ async def test_telegram_mine_lists_pages_posts_again_and_deletes(tmp_path, tiny_
         group = fake.group_chat("Artists")
         async with running_stack(config, tiny_parts) as stack:
             clips = await make_clips(stack, f"telegram:{alice.id}", 6)
-            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
+            async with telegram_front(stack, config, fake) as env:
                 [answer] = await env.replies(fake.send_text(group, alice, "/mine"))
                 text = answer.params["text"]
                 assert text.startswith(t("en", "mine.title", count=6, page=1, pages=2))
@@ -115,14 +104,9 @@ async def test_telegram_mine_lists_pages_posts_again_and_deletes(tmp_path, tiny_
                 turned = fake.press_button(group, alice, listing, f"anim:page:{alice.id}-1")
                 await fake.wait_for(lambda: turned.answered and "page 2 of 2" in fake.message(
                     group.id, listing.message_id).text)
-            finally:
-                await front.close()
 
             core = BotCore(config, stack.service)
-            front = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
+            async with telegram_front(stack, config, fake, core) as env:
                 listing = fake.message(group.id, listing.message_id)
                 oldest = clips[0]
                 fake.press_button(group, alice, listing, f"anim:post:{oldest.id}")
@@ -134,7 +118,4 @@ async def test_telegram_mine_lists_pages_posts_again_and_deletes(tmp_path, tiny_
                                     and "expired" in fake.message(group.id, listing.message_id).text)
                 assert (await stack.service.get(oldest.id)).expired
                 await settle(stack)
-            finally:
-                await front.close()
-                await core.close()
         assert fake.unknown_methods == [] and fake.server_errors == []

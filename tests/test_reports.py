@@ -23,17 +23,11 @@ from tests.test_discord_bot import (
     running_bot,
 )
 from tests.test_server_settings import settings_reply
-from tests.test_telegram_bot import Env, settle
 from tests.test_telegram_bot import open_more as open_more_telegram
+from tests.test_telegram_bot import settle, telegram_front
 
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-    assert not server.server_errors
 
 
 def posted_in(fake: FakeDiscord, channel_id: int) -> list:
@@ -92,37 +86,29 @@ async def test_telegram_report_reaches_the_moderation_chat_and_remove_deletes_th
         group, mods = fake.group_chat("Artists", supergroup=True), fake.group_chat("Mods")
         fake.make_admin(group, olga, creator=True)
         fake.make_admin(mods, olga)
-        async with running_stack(config, tiny_parts) as stack:
-            from bot.telegram.app import TelegramFrontEnd
-
-            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
-                await env.replies(fake.send_text(group, olga, f"/settings moderation_channel {mods.id}"))
-                fake.send_photo(group, alice, photo_bytes(), caption="/animate a lighthouse at night")
-                [upload] = await env.videos(timeout=60)
-                await settle(stack)
-                result = fake.message(group.id, upload.result["message_id"])
-                await open_more_telegram(env, group, bob, result)
-                [report] = [d for d in result.callback_data() if d.startswith("anim:report:")]
-                press = fake.press_button(group, bob, result, report)
-                await fake.wait_for(lambda: press.answered)
-                assert press.answer["text"] == t("en", "report.thanks") and press.answer["show_alert"] is True
-                [notice] = await fake.wait_for(lambda: fake.calls_to("sendMessage", mods.id) or None)
-                text = notice.params["text"]
-                assert text.startswith("🚩 A clip was reported by Bob (@bob)") and "a lighthouse at night" in text
-                assert f"https://t.me/c/{str(group.id)[4:]}/{result.message_id}" in text
-                notice_message = fake.message(mods.id, notice.result["message_id"])
-                job_id = report.split(":")[2]
-                denied = fake.press_button(mods, bob, notice_message, f"anim:remove:{job_id}")
-                await fake.wait_for(lambda: denied.answered)
-                assert denied.answer["text"] == t("en", "report.not_moderator") and not result.deleted
-                removed = fake.press_button(mods, olga, notice_message, f"anim:remove:{job_id}")
-                await fake.wait_for(lambda: removed.answered and fake.message(group.id, result.message_id).deleted)
-                job = await stack.service.get(job_id)
-                assert (job.removed_by, job.expired, job.state) == (f"telegram:{olga.id}", True, JobState.DONE)
-                assert "Removed by Olga" in fake.message(mods.id, notice_message.message_id).text
-            finally:
-                await front.close()
+        async with running_stack(config, tiny_parts) as stack, telegram_front(stack, config, fake) as env:
+            await env.replies(fake.send_text(group, olga, f"/settings moderation_channel {mods.id}"))
+            fake.send_photo(group, alice, photo_bytes(), caption="/animate a lighthouse at night")
+            [upload] = await env.videos(timeout=60)
+            await settle(stack)
+            result = fake.message(group.id, upload.result["message_id"])
+            await open_more_telegram(env, group, bob, result)
+            [report] = [d for d in result.callback_data() if d.startswith("anim:report:")]
+            press = fake.press_button(group, bob, result, report)
+            await fake.wait_for(lambda: press.answered)
+            assert press.answer["text"] == t("en", "report.thanks") and press.answer["show_alert"] is True
+            [notice] = await fake.wait_for(lambda: fake.calls_to("sendMessage", mods.id) or None)
+            text = notice.params["text"]
+            assert text.startswith("🚩 A clip was reported by Bob (@bob)") and "a lighthouse at night" in text
+            assert f"https://t.me/c/{str(group.id)[4:]}/{result.message_id}" in text
+            notice_message = fake.message(mods.id, notice.result["message_id"])
+            job_id = report.split(":")[2]
+            denied = fake.press_button(mods, bob, notice_message, f"anim:remove:{job_id}")
+            await fake.wait_for(lambda: denied.answered)
+            assert denied.answer["text"] == t("en", "report.not_moderator") and not result.deleted
+            removed = fake.press_button(mods, olga, notice_message, f"anim:remove:{job_id}")
+            await fake.wait_for(lambda: removed.answered and fake.message(group.id, result.message_id).deleted)
+            job = await stack.service.get(job_id)
+            assert (job.removed_by, job.expired, job.state) == (f"telegram:{olga.id}", True, JobState.DONE)
+            assert "Removed by Olga" in fake.message(mods.id, notice_message.message_id).text
         assert fake.unknown_methods == [] and fake.server_errors == []

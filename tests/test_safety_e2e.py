@@ -17,12 +17,6 @@ FLAG_ALL = {"classifier": "nudenet", "threshold": 0.0}
 PROMPT = "a cat turning its head"
 
 
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-    assert not server.server_errors
-
 
 async def animate_in(fake: FakeDiscord, channel_id: int | None):
     image = fake.add_attachment("photo.png", photo_bytes(), "image/png")

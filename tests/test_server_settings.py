@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from bot.core import BotCore
-from bot.telegram.app import TelegramFrontEnd
 from bot.texts import t
 from engine.errors import UserError
 from engine.servers import ServerSettings, change
@@ -21,17 +20,11 @@ from tests.test_discord_bot import (
     running_bot,
     shows,
 )
-from tests.test_telegram_bot import Env, settle
+from tests.test_telegram_bot import settle, telegram_front
 
 pytestmark = pytest.mark.timeout(120)
 PRESETS = ["hq", "lite", "quick"]
 
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-    assert not server.server_errors
 
 
 def test_changes_are_validated_with_clear_refusals():
@@ -105,10 +98,7 @@ async def test_telegram_group_settings_by_its_administrators(tmp_path, tiny_part
         group = fake.group_chat("Artists")
         fake.make_admin(group, owner, creator=True)
         async with running_stack(config, tiny_parts) as stack:
-            front = TelegramFrontEnd(stack.core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
+            async with telegram_front(stack, config, fake) as env:
                 denied = fake.send_text(group, alice, "/settings preset hq")
                 [answer] = await env.replies(denied)
                 assert answer.params["text"] == t("en", "errors.not_moderator")
@@ -127,21 +117,13 @@ async def test_telegram_group_settings_by_its_administrators(tmp_path, tiny_part
                 quota = fake.send_text(group, alice, "/queue")
                 [answer] = await env.replies(quota)
                 assert "0 of 2 jobs waiting or rendering · 1 of 20 started this hour" in answer.params["text"]
-            finally:
-                await front.close()
 
             core = BotCore(config, stack.service)
-            front = TelegramFrontEnd(core, config, fake.token, poll_timeout=1)
-            await front.start()
-            env = Env(fake, stack, front)
-            try:
+            async with telegram_front(stack, config, fake, core) as env:
                 shown = fake.send_text(group, alice, "/settings")
                 [answer] = await env.replies(shown)
                 assert "Default preset (preset): hq" in answer.params["text"] and "strict" in answer.params["text"]
                 private = fake.send_text(fake.private_chat(alice), alice, "/settings")
                 [answer] = await env.replies(private)
                 assert answer.params["text"] == t("en", "errors.settings_usage")
-            finally:
-                await front.close()
-                await core.close()
         assert fake.unknown_methods == [] and fake.server_errors == []

@@ -61,6 +61,20 @@ class Env:
 STATUS_EDITS = ("editMessageCaption", "editMessageMedia")
 
 
+@contextlib.asynccontextmanager
+async def telegram_front(stack: Stack, config, fake: FakeTelegram, core: BotCore | None = None
+                         ) -> AsyncIterator[Env]:
+    """A Telegram front end on `stack`'s store, closed after; with `core`, as a restarted bot process."""
+    front = TelegramFrontEnd(core or stack.core, config, fake.token, poll_timeout=1)
+    await front.start()
+    try:
+        yield Env(fake, stack, front)
+    finally:
+        await front.close()
+        if core is not None:
+            await core.close()
+
+
 async def open_more(env: Env, chat, user, result) -> None:
     """Press a result's More button: its second row (Smooth, Loop, Delete, Info) joins the first, in place."""
     [more] = [d for d in result.callback_data() if d.startswith("anim:more:")]
