@@ -25,6 +25,7 @@ from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import (
     Cancelled,
+    Cold,
     Done,
     Failed,
     FellBack,
@@ -300,6 +301,8 @@ class BotCore:
                     on_flag()
                 elif isinstance(event, FellBack):
                     state.fell_back = event.preset
+                elif isinstance(event, Cold):
+                    state.cold = True
                 if isinstance(event, (Done, Failed, Cancelled)) and self.metrics:
                     self.metrics.observe_job(event.job)
                 if isinstance(event, Done):

@@ -82,6 +82,7 @@ class StatusState:
     total: int = 0
     elapsed_s: float = 0.0
     fell_back: str = ""
+    cold: bool = False             # the worker has not compiled this size yet (just restarted): slower
     hints: list[str] = field(default_factory=list)
     final_text: str = ""
     preview_step: int = 0          # the latest preview of the forming clip (not part of the text)
@@ -112,6 +113,8 @@ class StatusState:
             lines.append(t(locale, "status.delivering"))
         if self.fell_back and self.phase != "final":
             lines.append(t(locale, "status.fell_back", preset=self.fell_back))
+        if self.cold and self.phase in ("starting", "rendering"):
+            lines.append(t(locale, "status.cold"))
         if self.hints and self.phase != "final":
             lines.append(t(locale, "status.hints_title"))
             lines.extend(f"• {h}" for h in self.hints)

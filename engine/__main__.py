@@ -171,8 +171,8 @@ def cmd_generate(args) -> int:
 
     from engine.media.clip import finish, join
     from engine.media.video import write_mp4
-    from engine.render.fastpath import build_renderer
     from engine.render.model import load_model
+    from engine.render.startup import build_renderer
 
     eng = config.engine
     parts = load_model(eng.model, eng.device, eng.low_vram if isinstance(eng.low_vram, bool) else None)

@@ -70,7 +70,8 @@ class QueueConfig(Section):
     per_user: NonNegInt = 2
     max_length: NonNegInt = 50
     jobs_per_hour: NonNegInt = 20
-    default_step_s: dict[str, NonNegFloat] = Field(default_factory=lambda: {"quick": 0.25, "hq": 0.25, "lite": 0.07})
+    default_step_s: dict[str, NonNegFloat] = Field(
+        default_factory=lambda: {"quick": 0.25, "hq": 0.25, "turbo": 0.08, "lite": 0.07})
     default_overhead_s: NonNegFloat = 2.0
     max_extends: NonNegInt = 3      # extensions in one chain (a clip and its extensions); 0 = no Extend
 

@@ -56,6 +56,7 @@ class Job:
     error: str = ""
     result_path: str = ""
     fell_back: str = ""             # name of the preset used after an out-of-memory fall-back
+    cold: bool = False              # rendered before its shape was compiled after a worker start: slower
     cancel_requested: bool = False
     worker: str = ""
     delivered: bool = False         # the front end has posted the final message
@@ -83,7 +84,7 @@ class Job:
     seq: int = 0                    # store-wide change counter of the last update
 
     # Who writes what: the front end and the service write the request and the delivery fields, the worker
-    # only what it measures (state, step, step_at, total_steps, sizes, result_path, fell_back, gpu_peak_bytes,
+    # only what it measures (state, step, step_at, total_steps, sizes, result_path, fell_back, cold, gpu_peak_bytes,
     # render_s, error). Every write names its fields, so a flag set meanwhile (Delete pressed during a
     # render) survives the worker's last write. preview_step is the worker's too; the NSFW verdict fields are
     # written by whichever process runs the classifier (the bot for nudenet, the worker for a hub model).
@@ -154,6 +155,11 @@ class FellBack:
 
 
 @dataclass(frozen=True)
+class Cold:
+    """The worker renders this job before its size is compiled (it is still warming up after a start)."""
+
+
+@dataclass(frozen=True)
 class Done:
     job: Job
 
@@ -169,4 +175,4 @@ class Cancelled:
     job: Job
 
 
-Event = Queued | Started | Step | Preview | Flagged | FellBack | Done | Failed | Cancelled
+Event = Queued | Started | Step | Preview | Flagged | FellBack | Cold | Done | Failed | Cancelled

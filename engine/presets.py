@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 SCHEDULERS = ("dpmpp_2m", "ddim")
+DEFAULT_PRESET = "quick"   # what /animate and a captioned photo get unless the user or the server picks another
 Scheduler = Literal["dpmpp_2m", "ddim"]
 
 # (name, width/height). A compiled model only ever sees these few shapes per preset.
@@ -30,6 +31,19 @@ class Preset:
     guidance: Annotated[float, Field(ge=0)] = 9.0
     fallback: str = ""                                    # preset retried with on out-of-memory; "" none
     smooth: bool = False                                  # interpolate the clip to 24 fps (engine/media/clip.py)
+    # Turbo (engine/render/turbo.py), each of which changes the output: guidance for this share of the steps
+    # (the first ones), the whole UNet only every deep_cache_interval-th step (the others reuse its deep
+    # features, recomputing deep_cache_branch blocks at each end), and torchao's float8 linears on a card
+    # that has them.
+    cfg_fraction: Annotated[float, Field(ge=0, le=1)] = 1.0
+    deep_cache_interval: Annotated[int, Field(ge=1)] = 1
+    deep_cache_branch: Annotated[int, Field(ge=1)] = 1
+    fp8: bool = False
+
+    @property
+    def exact(self) -> bool:
+        """Whether this preset renders what the plain pipeline renders (up to rounding)."""
+        return self.cfg_fraction >= 1 and self.deep_cache_interval <= 1 and not self.fp8
 
     def bucket(self, aspect: str) -> tuple[int, int]:
         """(width, height) for a named aspect: sides multiple of 64, area within the pixel budget."""
@@ -65,5 +79,8 @@ DEFAULT_PRESETS: dict[str, Preset] = {
     # Smooth by default: 2 s of stutter become 24 fps for about 2 CPU-seconds (docs/PERFORMANCE.md).
     "quick": Preset("quick", 30, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite", smooth=True),
     "hq": Preset("hq", 50, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite", smooth=True),
+    # Opt-in and output-changing: guidance for 40% of the steps, deep features reused on alternate steps, fp8.
+    "turbo": Preset("turbo", 25, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite", cfg_fraction=0.4,
+                    deep_cache_interval=2, deep_cache_branch=1, fp8=True),
     "lite": Preset("lite", 30, "dpmpp_2m", 256 * 256, 8, 8, 9.0, ""),
 }

@@ -22,16 +22,10 @@ import torch  # noqa: E402
 
 from engine.presets import DEFAULT_PRESETS  # noqa: E402
 from engine.render.bench.setup import MODEL_SEED  # noqa: E402
-from engine.render.fastpath import (  # noqa: E402
-    FastPathOptions,
-    accelerate,
-    warm_bucket,
-    warm_image,
-    warm_presets,
-    warm_shapes,
-)
+from engine.render.fastpath import FastPathOptions, accelerate  # noqa: E402
 from engine.render.model import load_model  # noqa: E402
 from engine.render.sampler import sample  # noqa: E402
+from engine.render.startup import warm_bucket, warm_image, warm_presets, warm_shapes  # noqa: E402
 
 
 def timed_render(parts, width: int, height: int, frames: int, steps: int) -> float:

@@ -92,15 +92,19 @@ def test_per_step_slope_and_rows():
 
 def test_targets_are_judged_from_the_rows():
     eager = [Row("quick diffusers-eager", [7.3], 7.3, 30)]
-    fast = {"rows": [Row("quick ours-fast", [3.4], 7.6, 30), Row("hq ours-fast", [6.5], 7.6, 50)],
-            "warm": {"all_buckets_s": 25.0, "buckets": 5}}
+    fast = {"rows": [Row("quick ours-fast", [3.4], 7.6, 30), Row("hq ours-fast", [6.5], 7.6, 50),
+                     Row("turbo ours-fast", [1.8], 7.0, 25)],
+            "ready_s": 95.0, "warm": {"all_buckets_s": 25.0, "buckets": 5, "ready_s": 12.5}}
     lines = target_lines(eager, fast, Row("low", [9.0], 5.5, 30))
     text = "\n".join(lines)
     assert "quick end to end 3.40 s <= 3.5 s: met" in text
     assert "2.15x faster than diffusers-eager, >= 2.0x: met" in text
     assert "hq end to end 6.50 s <= 6.0 s: MISSED" in text
     assert "peak memory by default 7.60 GiB <= 8.0 GiB: met" in text
-    assert "all 5 buckets 25 s (sampled) <= 30 s: met" in text
+    assert "all 5 buckets 25 s (sampled) <= 60 s: met" in text
+    assert "turbo end to end 1.80 s <= 2.0 s: met" in text
+    assert "first job at full speed, empty cache 95.0 s <= 90 s: MISSED" in text
+    assert "first job at full speed, warm cache 12.5 s <= 30 s: met" in text
     assert "low_vram peak 5.50 GiB <= 6.0 GiB: met" in text
     assert "fast path: not measured" in "\n".join(target_lines(eager, {"error": "x"}, Row("l", [1], None)))
 
@@ -113,23 +117,31 @@ def test_a_child_without_time_or_with_a_bad_spec_reports_an_error():
 
 @pytest.mark.slow
 def test_full_suite_dry_run_on_the_cpu():
-    """Everything the GPU run does, with the tiny model and the compiler's eager backend: fresh processes,
-    cold and warm compile, the fast path's rows and its deviation from eager."""
+    """Everything the GPU run does, with the tiny model and the fast path uncompiled (the compiled UNet's
+    equality with eager has its own tests, test_fastpath and test_turbo): fresh processes, cold and warm
+    start-up, the fast path's rows, turbo, the variants, and their deviations from eager."""
     lines: list[str] = []
     report = run_bench("tiny", repeat=1, device="cpu", steps=3, size=64, suite="full", echo=lines.append,
-                       compile_backend="eager")
+                       compile_backend="none")
     assert report.splitlines() == lines  # echoed as measured
     for label in ("quick diffusers-eager", "quick ours-eager", "hq diffusers-eager", "hq ours-eager",
                   "quick ours-eager low_vram", "quick ours-fast", "hq ours-fast"):
         assert any(line.startswith(label + " ") for line in lines), label
     assert "low_vram: each network was on the GPU only while it ran" in report
-    for label in ("eager ", "eager channels-last", "eager fp8 linears", "fast (compiled)"):
+    for label in ("eager ", "eager channels-last", "fast (compiled)"):
         row = next(line for line in lines if line.startswith(label))
         assert float(row[26:36]) > 0, row
+    assert "eager fp8 linears" in report and "not measured: fp8 needs a CUDA card" in report
+    turbo = next(line for line in lines if line.startswith("turbo ours-fast "))
+    assert re.search(r"PSNR \d+\.\d dB vs quick; guidance 1/2 steps, deep cache every 2, fp8 off", turbo), turbo
+    assert re.search(r"first job at full speed \(load \+ first bucket\), empty cache: \d+\.\d s; warm cache: "
+                     r"\d+\.\d s", report)
+    assert "quick ours-fast CUDA graphs: not measured (CUDA and the compiler only)" in report
+    assert re.search(r"quick ours-fast channels-last .*max \|fast - eager\| .*x the default fast path", report)
     assert row_value(report, "quick ours-eager ") == pytest.approx(0.0, abs=1e-5)  # |ours - diffusers|
     assert row_value(report, "quick ours-fast ") <= 1e-5  # |fast - eager|
     assert re.search(r"empty cache, fresh process: \d+\.\d s", report)
-    warm = re.search(r"warm cache, fresh process: (\d+\.\d) s; all 5 buckets", report)
+    warm = re.search(r"warm cache, fresh process: (\d+\.\d) s; all 10 buckets", report)
     assert warm and float(warm.group(1)) > 0
-    targets = lines[lines.index("targets (one H100, warm)"):]
+    targets = lines[lines.index("targets (one H100/H200, warm)"):]
     assert len(targets) >= 4 and not math.isnan(row_value(report, "hq ours-fast "))

@@ -16,24 +16,22 @@ from engine.render.fastpath import (
     COMPILE_MODE,
     GRAPHS_MODE,
     FastPathOptions,
-    Fp8Linear,
     WarmCompiled,
     accelerate,
-    build_renderer,
+    compile_cache_key,
     configure_compile_cache,
     decode_chunk_for,
     decode_chunk_policy,
     decode_gib_estimate,
+    fp8_unavailable,
     fuse_qkv,
     options_from_config,
-    quantize_linears_fp8,
     to_channels_last,
-    warm_presets,
-    warm_up,
 )
 from engine.render.model import build_tiny
 from engine.render.renderer import Renderer
 from engine.render.sampler import sample
+from engine.render.startup import build_renderer, warm_presets, warm_up
 from tests.tiny_model import make_photo, tiny_presets
 
 torch.set_num_threads(1)
@@ -67,7 +65,7 @@ def test_auto_options_are_on_for_cuda_and_off_for_the_cpu(tmp_path):
     cpu = options_from_config(EngineConfig(), "cpu", tmp_path)
     assert (cpu.compile, cpu.fuse_qkv, cpu.cuda_graphs, cpu.cache_dir) == (False, False, False, None)
     cuda = options_from_config(EngineConfig(), "cuda", tmp_path)
-    assert cuda.compile and cuda.fuse_qkv and cuda.cache_dir == tmp_path / COMPILE_CACHE_DIR
+    assert cuda.compile and cuda.fuse_qkv and cuda.cache_dir == tmp_path / COMPILE_CACHE_DIR / compile_cache_key(torch.device("cuda"))
     # Exact-output options only by default; CUDA graphs and layout changes need asking for.
     assert not (cuda.cuda_graphs or cuda.channels_last or cuda.fp8 or cuda.compile_vae)
     assert cuda.compile_mode == COMPILE_MODE == "default"
@@ -96,7 +94,7 @@ def test_fast_path_keys_reach_the_fast_path_from_the_file_and_the_environment(tm
 
 
 def test_warm_presets_skip_the_out_of_memory_fallbacks():
-    assert warm_presets(DEFAULT_PRESETS) == ["quick", "hq"]
+    assert warm_presets(DEFAULT_PRESETS) == ["quick", "hq", "turbo"]
     assert warm_presets(DEFAULT_PRESETS, config(warm_presets=["lite", "nope"])) == ["lite"]
 
 
@@ -187,22 +185,8 @@ def test_channels_last_is_a_layout_change_only(photo, eager_frames):
     assert all(p.is_contiguous() for p in parts.unet.parameters())
 
 
-def test_fp8_linear_is_close_but_not_exact():
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 48)
-    x = torch.randn(3, 10, 64)
-    fp8 = Fp8Linear(linear)
-    assert fp8.weight_fp8.dtype == torch.float8_e4m3fn
-    with torch.no_grad():
-        want, got = linear(x), fp8(x)
-    error = float((got - want).abs().max() / want.abs().max())
-    assert got.shape == want.shape and 0 < error < 0.1
-    parent = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Linear(16, 5))
-    replaced = quantize_linears_fp8(parent)
-    assert [name for _, name, _ in replaced] == ["0"]  # 5 outputs: not a multiple of 16
-    assert isinstance(parent[0], Fp8Linear) and type(parent[1]) is torch.nn.Linear
-
-
+def test_fp8_is_refused_with_a_reason_off_a_float8_card():
+    assert "CUDA card" in fp8_unavailable(torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- compiling
@@ -282,12 +266,12 @@ def test_build_renderer_with_compile_warms_the_chosen_presets(tmp_path, photo):
 def test_a_compiler_that_fails_twice_leaves_an_eager_renderer(tmp_path, photo, eager_frames, caplog):
     """The tvm backend is not installed here, so compiling really fails at the first call. The worker must
     still come up: the cache is emptied for a second try, and after that failure every shape runs eagerly."""
-    stale = tmp_path / COMPILE_CACHE_DIR / "stale-kernel.so"
+    stale = tmp_path / COMPILE_CACHE_DIR / compile_cache_key(torch.device("cpu")) / "stale-kernel.so"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"")
     parts = build_tiny()
     cfg = config(compile=True, compile_backend="tvm", warm_presets=None, decode_chunk_size=3)
-    with caplog.at_level("WARNING", logger="engine.render.fastpath"):
+    with caplog.at_level("WARNING", logger="engine.render.startup"):
         renderer = build_renderer(parts, cfg, tiny_presets(), tmp_path, warm=["quick"])
     assert [r.message.split(":")[0] for r in caplog.records] == [
         "compile warm-up failed (attempt 1)", "compile warm-up failed (attempt 2)",

@@ -22,6 +22,7 @@ from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import (
     Cancelled,
+    Cold,
     Done,
     Event,
     Failed,
@@ -57,6 +58,7 @@ class _Follower:
     position: int = 0
     eta_s: float = -1.0
     fell_back: str = ""
+    cold: bool = False
     paused: bool = False
     preview_step: int = 0
     flagged_at: str = ""
@@ -614,6 +616,9 @@ class JobService:
             if job.fell_back and job.fell_back != f.fell_back:
                 events.append(FellBack(job.fell_back))
                 f.fell_back = job.fell_back
+            if job.cold and not f.cold:
+                events.append(Cold())
+                f.cold = True
             if job.step != f.step and job.step > 0 and model is not None:
                 events.append(Step(job.step, job.total_steps, model.remaining_s(job), job.elapsed_s,
                                    job.step_at))

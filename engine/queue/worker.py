@@ -118,17 +118,17 @@ class Worker:
             self.state = "ready"
             await self.store.heartbeat(self.id, self.state)
             return
-        from engine.render.fastpath import build_renderer
         from engine.render.model import load_model
+        from engine.render.startup import build_renderer
 
         t0 = time.perf_counter()
         eng = self.config.engine
         low_vram = eng.low_vram if isinstance(eng.low_vram, bool) else None
         parts = await asyncio.to_thread(load_model, self.model_spec, eng.device, low_vram)
-        # On CUDA: compiled UNet, fused QKV, decode chunk within the memory budget, every aspect bucket warmed
-        # here so no user pays for a compile.
+        # On CUDA: compiled UNet, fused QKV, decode chunk within the memory budget. The worker serves once the
+        # default preset's first bucket is compiled; the other buckets compile between jobs (_serve).
         self.renderer = await asyncio.to_thread(build_renderer, parts, eng, self.config.presets,
-                                                self.config.data_dir)
+                                                self.config.data_dir, serve_early=True)
         self.state = "ready"
         await self.store.heartbeat(self.id, self.state)
         log.info("worker %s ready: model %s loaded in %.1f s", self.id, self.model_spec, time.perf_counter() - t0)
@@ -150,6 +150,9 @@ class Worker:
     async def _serve(self) -> None:
         while not self._stop.is_set():
             job = await self.store.claim(self.id)
+            if job is None and self._warming():
+                await asyncio.to_thread(self.renderer.warm_up.step)   # one bucket: seconds with a warm cache
+                continue
             if job is None:
                 # Woken by the next write to the store (a submit) rather than the next poll: a job reaches an
                 # idle worker in milliseconds. A stop is seen within IDLE_POLL_S.
@@ -162,6 +165,10 @@ class Worker:
                 self.state = "ready"
                 with contextlib.suppress(Exception):   # its preview is of no use once it has an outcome
                     await self.store.drop_preview(job.id)
+
+    def _warming(self) -> bool:
+        warm_up = getattr(self.renderer, "warm_up", None)
+        return warm_up is not None and not warm_up.done and not self._stop.is_set()
 
     # ---- one job ----
 
@@ -179,6 +186,9 @@ class Worker:
         try:
             if await self._withheld(job, "input", job.image_path):
                 return await self._fail(job, SAFETY_REASONS["nsfw_input"], "nsfw_input")
+            preset = self.config.presets.get(job.preset)
+            if preset is not None and self.renderer.cold(preset, job.width or 1, job.height or 1):
+                await self.store.update(job.id, cold=True)   # its status says why it is slower
             result = await asyncio.to_thread(self._render, job, progress, asyncio.get_running_loop())
             if await self._withheld(job, "output", result.frames):   # nothing of it is kept
                 return await self._fail(job, SAFETY_REASONS["nsfw_output"], "nsfw_output")

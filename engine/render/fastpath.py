@@ -1,34 +1,28 @@
 """The fast path for a GPU: fused attention projections, torch.compile of the UNet with a persistent compile
 cache, a warm-up of every aspect bucket at start-up, and a VAE decode chunk sized to a memory budget.
 
-Nothing on by default changes a render beyond fp16 rounding. fp8 linears change it more and stay off behind a
-flag (the bench reports their deviation); block caching is a flag without an implementation yet.
+Nothing on by default changes a render beyond fp16 rounding. fp8 linears (torchao) change it more: they stay
+off for every preset unless `[engine] fp8` is set, and a preset with `fp8 = true` (turbo) renders through a
+float8 twin of the UNet where the card has float8 (the bench reports the deviation).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 import os
-import shutil
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 
 from engine.config import EngineConfig
-from engine.errors import first_line
-from engine.presets import Preset
 from engine.render.model import ModelParts
-from engine.render.renderer import Renderer
-from engine.render.sampler import sample
 
 log = logging.getLogger("engine.render.fastpath")
 
@@ -38,7 +32,6 @@ COMPILE_MODE = "default"
 GRAPHS_MODE = "reduce-overhead"            # CUDA graphs: every warmed shape gets its own captured graph
 COMPILE_CACHE_DIR = "compile-cache"        # under the data folder
 RECOMPILE_LIMIT = 64                       # compiled shapes kept per function (torch's default of 8 is too few)
-WARM_UP_STEPS = 2
 
 # VAE decode activations, measured on an H100 in fp16 at 512x512 (16 frames): peak 5.3 GiB decoding 1 frame
 # at a time, 9.5 GiB by 8, 14.2 GiB by 16, with ~4.6 GiB of weights resident. So ~0.6 GiB per frame decoded
@@ -46,9 +39,6 @@ WARM_UP_STEPS = 2
 DECODE_GIB_PER_FRAME = 0.6
 DECODE_GIB_FIXED = 0.06
 DECODE_REFERENCE_PIXELS = 512 * 512
-
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0  # largest finite float8 e4m3fn
 
 
 @dataclass(frozen=True)
@@ -92,13 +82,31 @@ def options_from_config(engine_cfg: EngineConfig, device: str | torch.device, da
         cuda_graphs=compile_ and cuda and _auto(engine_cfg.cuda_graphs, cuda),
         channels_last=_auto(engine_cfg.channels_last, cuda),
         fuse_qkv=_auto(engine_cfg.fuse_qkv, cuda),
-        cache_dir=Path(data_dir) / COMPILE_CACHE_DIR if compile_ else None,
+        cache_dir=(Path(data_dir) / COMPILE_CACHE_DIR / compile_cache_key(torch.device(device))
+                   if compile_ else None),
         fp8=_auto(engine_cfg.fp8, cuda),
         compile_vae=compile_ and _auto(engine_cfg.compile_vae, cuda),
         mode=engine_cfg.compile_mode,
         backend=engine_cfg.compile_backend or "inductor",
         dynamic_hw=_auto(engine_cfg.compile_dynamic_hw, cuda),
     )
+
+
+def compile_cache_key(device: torch.device) -> str:
+    """The compile cache folder's name: torch, Triton and the card (name and compute capability), so workers
+    of different kinds sharing a data folder keep apart."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    if device.type == "cuda" and torch.cuda.is_available():
+        capability = "".join(map(str, torch.cuda.get_device_capability(device)))
+        card = f"{torch.cuda.get_device_name(device)}-sm{capability}"
+    else:
+        card = device.type
+    key = f"torch{torch.__version__}-triton{triton_version}-{card}"
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in key)
 
 
 # ---------------------------------------------------------------- building
@@ -110,7 +118,7 @@ def accelerate(parts: ModelParts, options: FastPathOptions) -> ModelParts:
     if options.fuse_qkv:
         fuse_qkv(parts.unet)
     if options.fp8:
-        quantize_linears_fp8(parts.unet)
+        quantize_fp8(parts.unet)
     if options.channels_last:
         to_channels_last(parts.unet)
         to_channels_last(parts.vae)
@@ -123,60 +131,6 @@ def accelerate(parts: ModelParts, options: FastPathOptions) -> ModelParts:
     if options.compile_vae and not isinstance(parts.vae.decoder, WarmCompiled):
         parts.vae.decoder = WarmCompiled(parts.vae.decoder, options)
     return dataclasses.replace(parts, unet=unet)
-
-
-def build_renderer(parts: ModelParts, engine_cfg: EngineConfig, presets: dict[str, Preset], data_dir: str | Path,
-                   warm: bool | Iterable[str] = True) -> Renderer:
-    """The worker's renderer: the fast path from the config, a VAE decode chunk from the memory budget on
-    CUDA, and (when compiled) a warm-up of every bucket of the presets users pick, logged per bucket."""
-    options = options_from_config(engine_cfg, parts.device, data_dir)
-    if parts.low_vram and options.cuda_graphs:
-        # Offloading moves the weights between calls; captured graphs would point at the old addresses.
-        options = dataclasses.replace(options, cuda_graphs=False)
-    fast = accelerate(parts, options)
-    renderer = Renderer(fast, decode_chunk_size=engine_cfg.decode_chunk_size,
-                        decode_chunk=decode_chunk_policy(fast, engine_cfg))
-    if options.compile and warm:
-        enabled = list(warm) if not isinstance(warm, bool) else warm_presets(presets, engine_cfg)
-        warm_up_or_fall_back(renderer, presets, enabled, options.cache_dir)
-    return renderer
-
-
-def warm_up_or_fall_back(renderer: Renderer, presets: dict[str, Preset], enabled: list[str],
-                         cache_dir: Path | None) -> None:
-    """Warm up; if compiling fails, empty the compile cache and try once more (a worker killed mid-compile
-    can leave a truncated kernel there, which fails every later start); if it fails again, render eagerly:
-    slower, but the queue keeps moving."""
-    for attempt in (1, 2):
-        t0 = time.perf_counter()
-        try:
-            times = warm_up(renderer, presets, enabled)
-        except Exception as exc:
-            log.warning("compile warm-up failed (attempt %d): %s: %s", attempt, type(exc).__name__,
-                        first_line(exc))
-            for module in compiled_modules(renderer.parts):
-                module.warm_keys.clear()   # shapes never warmed run eagerly
-            torch._dynamo.reset()
-            if attempt == 1 and cache_dir is not None:
-                shutil.rmtree(cache_dir, ignore_errors=True)
-                configure_compile_cache(cache_dir)
-            continue
-        for bucket, seconds in times.items():
-            log.info("warm-up %s: %.1f s", bucket, seconds)
-        log.info("warm-up of %d buckets done in %.1f s (compile cache %s)", len(times),
-                 time.perf_counter() - t0, cache_dir)
-        return
-    log.error("compiling failed twice: rendering without the compiled UNet")
-
-
-def warm_presets(presets: dict[str, Preset], engine_cfg: EngineConfig | None = None) -> list[str]:
-    """Presets to compile at start-up: config's warm_presets if set, else every preset that is not only an
-    out-of-memory fall-back (those run eagerly, and they are the small ones)."""
-    chosen = engine_cfg.warm_presets if engine_cfg is not None else None
-    if chosen is not None:
-        return [name for name in chosen if name in presets]
-    fallbacks = {p.fallback for p in presets.values() if p.fallback}
-    return [name for name in presets if name not in fallbacks]
 
 
 def decode_chunk_policy(parts: ModelParts, engine_cfg: EngineConfig) -> Callable[[int, int, int], int] | None:
@@ -227,41 +181,41 @@ def fuse_qkv(unet: torch.nn.Module) -> int:
     return len(layers)
 
 
-class Fp8Linear(torch.nn.Module):
-    """y = x W^T + b with x and W in float8 e4m3 and one scale each: W's fixed, x's from each call's largest
-    value. About twice the matmul throughput of fp16 on Hopper; not exact (a few % relative error)."""
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        weight = linear.weight.detach()
-        scale = weight.abs().amax().float().clamp(min=1e-12) / FP8_MAX
-        self.register_buffer("weight_fp8", (weight.float() / scale).to(FP8_DTYPE))
-        self.register_buffer("weight_scale", scale)
-        self.bias = linear.bias
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.out_dtype = weight.dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        x_scale = rows.abs().amax().float().clamp(min=1e-12) / FP8_MAX
-        x_fp8 = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-        y = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                             out_dtype=self.out_dtype)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+def fp8_unavailable(device: torch.device) -> str:
+    """Why torchao's float8 linears cannot run on device; "" when they can (a CUDA card of compute
+    capability 8.9 or newer, Ada or Hopper, with torchao installed)."""
+    if device.type != "cuda":
+        return "fp8 needs a CUDA card of compute capability 8.9 or newer"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        return f"fp8 needs compute capability 8.9 or newer; this card has {capability[0]}.{capability[1]}"
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return "fp8 needs torchao: pip install -e '.[gpu]'"
+    return ""
 
 
-def quantize_linears_fp8(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
-    """Replace every Linear whose sides are multiples of 16 (what fp8 matmuls need) by Fp8Linear. Returns
-    (parent, attribute, original) for each, so a caller may put the originals back."""
-    targets = [(parent, name, child) for parent in module.modules()
-               for name, child in parent.named_children()
-               if type(child) is torch.nn.Linear and child.in_features % 16 == 0
-               and child.out_features % 16 == 0]
-    for parent, name, child in targets:
-        setattr(parent, name, Fp8Linear(child))
-    return targets
+def quantize_fp8(module: torch.nn.Module) -> None:
+    """torchao's dynamic float8 quantisation (weights and activations in e4m3, one scale per row) of every
+    Linear whose sides are multiples of 16, as its kernels need. About twice fp16's matmul throughput on
+    Hopper; not exact."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def fits(child: torch.nn.Module, _name: str) -> bool:
+        return (type(child) is torch.nn.Linear and child.in_features % 16 == 0
+                and child.out_features % 16 == 0)
+
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
+
+
+def fp8_twin(unet: torch.nn.Module) -> torch.nn.Module:
+    """A float8 copy of unet for the presets that ask for fp8, so the exact presets keep the original."""
+    if "_deep_cache" in unet.__dict__:
+        raise RuntimeError("make the fp8 twin before installing the deep cache")
+    twin = copy.deepcopy(unet)
+    quantize_fp8(twin)
+    return twin
 
 
 def to_channels_last(module: torch.nn.Module, memory_format: str = "channels_last") -> None:
@@ -386,63 +340,3 @@ def learning(parts: ModelParts) -> Iterator[list[WarmCompiled]]:
     finally:
         for m in modules:
             m.learning = False
-
-
-# ---------------------------------------------------------------- warm-up
-
-
-def warm_up(renderer_or_parts: Renderer | ModelParts, presets: dict[str, Preset], enabled: Iterable[str],
-            steps: int = WARM_UP_STEPS) -> dict[str, float]:
-    """Render every aspect bucket of the enabled presets once with a few steps, so that compiling happens
-    now and not in a user's job. Shapes shared by presets are rendered once. Returns seconds per bucket,
-    keyed "preset aspect WxHxF"; {} when nothing is compiled."""
-    if isinstance(renderer_or_parts, Renderer):
-        parts, chunk_for = renderer_or_parts.parts, renderer_or_parts.decode_chunk_for
-    else:
-        parts = renderer_or_parts
-        defaults = EngineConfig()
-        chunk_for = Renderer(parts, defaults.decode_chunk_size,
-                             decode_chunk_policy(parts, defaults)).decode_chunk_for
-    if not compiled_modules(parts):
-        return {}
-    times: dict[str, float] = {}
-    for name, aspect, width, height in warm_shapes(presets, enabled):
-        preset = presets[name]
-        chunk = chunk_for(width, height, preset.frames)
-        key = f"{name} {aspect} {width}x{height}x{preset.frames}"
-        times[key] = warm_bucket(parts, preset, width, height, chunk, steps)
-    return times
-
-
-def warm_shapes(presets: dict[str, Preset], enabled: Iterable[str]) -> list[tuple[str, str, int, int]]:
-    """(preset, aspect, width, height) of each distinct UNet input shape the warm-up renders: shapes shared
-    by presets (same size, frames and CFG) come once, under the first preset that has them."""
-    shapes, seen = [], set()
-    for name in enabled:
-        preset = presets[name]
-        for aspect, (width, height) in preset.buckets().items():
-            shape = (width, height, preset.frames, preset.guidance > 1.0)
-            if shape not in seen:
-                seen.add(shape)
-                shapes.append((name, aspect, width, height))
-    return shapes
-
-
-def warm_bucket(parts: ModelParts, preset: Preset, width: int, height: int, decode_chunk: int,
-                steps: int = WARM_UP_STEPS) -> float:
-    """Seconds to render one bucket while the compiled networks learn its shapes (compiling if needed)."""
-    start = time.perf_counter()
-    with learning(parts):
-        sample(parts, warm_image(width, height), "warm-up", "", steps=steps, scheduler=preset.scheduler,
-               guidance=preset.guidance, frames=preset.frames, width=width, height=height, seed=0,
-               fps=preset.fps, decode_chunk_size=decode_chunk)
-    if parts.device.type == "cuda":
-        torch.cuda.synchronize(parts.device)
-    return time.perf_counter() - start
-
-
-def warm_image(width: int, height: int) -> PIL.Image.Image:
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1),
-                       128 + 100 * np.sin((x + y) / 7.0)], axis=-1)
-    return PIL.Image.fromarray(pixels.astype(np.uint8), "RGB")

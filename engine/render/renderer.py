@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -14,6 +15,7 @@ from engine.presets import Preset
 from engine.render.memory import OOM_ERRORS, free_memory
 from engine.render.model import ModelParts
 from engine.render.sampler import PreviewSink, center_crop_wide, sample
+from engine.render.turbo import StepPlan
 
 
 @dataclass
@@ -31,13 +33,25 @@ class RenderResult:
 
 class Renderer:
     """decode_chunk(width, height, frames), when given, picks the frames per VAE decode call for each render
-    (a memory budget); otherwise every render decodes decode_chunk_size frames at a time."""
+    (a memory budget); otherwise every render decodes decode_chunk_size frames at a time. fp8_parts, when
+    given, render the presets that ask for fp8 (the same networks but a float8 UNet)."""
 
     def __init__(self, parts: ModelParts, decode_chunk_size: int = 8,
-                 decode_chunk: Callable[[int, int, int], int] | None = None):
+                 decode_chunk: Callable[[int, int, int], int] | None = None, fp8_parts: ModelParts | None = None):
         self.parts = parts
         self.decode_chunk_size = decode_chunk_size
         self.decode_chunk = decode_chunk
+        self.fp8_parts = fp8_parts
+        self.warm_up: Any = None   # engine.render.startup.WarmUp while buckets are still to compile
+
+    def cold(self, preset: Preset, image_width: int, image_height: int) -> bool:
+        """Whether a render of an image this size would run eagerly: its bucket is not compiled yet."""
+        if self.warm_up is None:
+            return False
+        return self.warm_up.cold(preset, *preset.size_for(image_width, image_height))
+
+    def parts_for(self, preset: Preset) -> ModelParts:
+        return self.fp8_parts if preset.fp8 and self.fp8_parts is not None else self.parts
 
     def decode_chunk_for(self, width: int, height: int, frames: int) -> int:
         if self.decode_chunk is None:
@@ -87,11 +101,12 @@ class Renderer:
                 on_step(step, total, elapsed)
 
         frames = sample(
-            self.parts, fitted, prompt, negative_prompt,
+            self.parts_for(preset), fitted, prompt, negative_prompt,
             steps=preset.steps, scheduler=preset.scheduler, guidance=preset.guidance, frames=preset.frames,
             width=width, height=height, seed=seed, fps=preset.fps,
             on_step=record_step, should_cancel=should_cancel, step_hook=step_hook, previews=previews,
             decode_chunk_size=self.decode_chunk_for(width, height, preset.frames),
+            plan=StepPlan.for_preset(preset),
         )
         return RenderResult(
             frames=frames, fps=preset.fps, preset=preset, fell_back=fell_back, width=width, height=height,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from engine.presets import SCHEDULERS
 from engine.render.model import ModelParts
 from engine.render.preview import clean_estimate
+from engine.render.turbo import StepPlan, deep_cache
 
 OUTPUTS = ("np", "float", "latent")
 
@@ -55,6 +56,7 @@ def sample(
     output: str = "np",
     image_latents_generator: torch.Generator | None = None,
     previews: PreviewSink | None = None,
+    plan: StepPlan | None = None,
 ) -> np.ndarray:
     """Render `frames` frames of width x height from an image and a prompt.
 
@@ -66,9 +68,13 @@ def sample(
     Randomness comes only from a generator seeded with `seed`: first the VAE's posterior sample, then the
     starting noise. `latents` replaces the starting noise; `image_latents_generator` replaces the generator for
     the VAE sample. `previews`, when given, is asked after each UNet call whether a preview is due, and then
-    handed the step and the current estimate of the clean latents.
+    handed the step and the current estimate of the clean latents. `plan` (engine/render/turbo.py) may drop
+    guidance after some steps and reuse deep UNet features on some; None renders exactly.
     """
     _check_args(parts, scheduler, output, width, height, frames, steps)
+    plan = plan or StepPlan.exact(steps)
+    if plan.steps != steps:
+        raise ValueError(f"the step plan is for {plan.steps} steps, not {steps}")
     device = parts.device
     do_cfg = guidance > 1.0
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -106,15 +112,22 @@ def sample(
         latents = torch.randn(shape, generator=generator, dtype=torch.float32)
     latents = latents.to(device=device, dtype=text_embeds.dtype) * sched.init_noise_sigma
 
-    # 7. Denoising loop.
+    # 7. Denoising loop. Unguided steps of a plan take the conditional half of each input (the second).
+    guided_inputs = (text_embeds, fps_tensor, image_latents, image_embeds)
+    cond_inputs = (text_embeds[-1:], fps_tensor[-1:], image_latents[-1:], image_embeds[-1:])
+    cache = deep_cache(parts.unet, plan.branch) if plan.interval > 1 else None
     with _on_device(parts, parts.unet):
         start = time.perf_counter()
         for i, t in enumerate(timesteps):
             _check_cancel(should_cancel)
             if step_hook is not None:
                 step_hook(i + 1)
-            noise_pred = predict_noise(parts, sched, latents, t, text_embeds, fps_tensor, image_latents,
-                                       image_embeds, guidance if do_cfg else None)
+            guided = do_cfg and plan.guided(i + 1)
+            text, fps_now, image_now, embeds = guided_inputs if guided or not do_cfg else cond_inputs
+            mode = "off" if cache is None else "reuse" if plan.reused(i + 1) else "store"
+            with cache.step(mode) if cache is not None else nullcontext():
+                noise_pred = predict_noise(parts, sched, latents, t, text, fps_now, image_now, embeds,
+                                           guidance if guided else None)
             if previews is not None and previews.due():
                 previews.offer(i + 1, clean_estimate(sched, latents, noise_pred, t))
             latents = scheduler_step(sched, noise_pred, t, latents)

@@ -71,7 +71,8 @@ def run_bench(model: str = "tiny", repeat: int = 3, device: str = "auto", steps:
     the GPU run reports (works on the CPU too, slowly, with the tiny model); "auto": full on CUDA.
     echo receives each line as soon as it is known (the full suite echoes to stderr by default).
     deadline_s (default FULL_DEADLINE_S, or $ENGINE_BENCH_DEADLINE_S) bounds the full suite's fresh processes.
-    compile_backend "eager" makes the full suite's compile a quick graph capture (a dry run of the suite)."""
+    compile_backend "eager" makes the full suite's compile a graph capture without code generation, and
+    "none" leaves the fast path uncompiled: dry runs of the suite's processes and rows on a CPU."""
     start = time.perf_counter()
     if deadline_s is None:
         deadline_s = float(os.environ.get(DEADLINE_ENV) or FULL_DEADLINE_S)

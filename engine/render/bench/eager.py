@@ -1,5 +1,5 @@
 """The full suite's rows measured in the bench's own process, on the eager (uncompiled) networks: sampled UNet
-calls (plain, channels-last, fp8 linears), diffusers' pipeline against our sampler end to end, and our
+calls (plain, channels-last, torchao fp8 linears), diffusers' pipeline against our sampler end to end, and our
 sampler with low_vram offload. They come before the fast path, so a fast path that overruns its time still
 leaves these printed."""
 
@@ -23,7 +23,7 @@ from engine.render.bench.timing import (
     time_reference,
     time_unet_calls,
 )
-from engine.render.fastpath import quantize_linears_fp8, to_channels_last
+from engine.render.fastpath import fp8_twin, fp8_unavailable, to_channels_last
 from engine.render.model import place
 
 
@@ -41,17 +41,18 @@ def eager_unet_rows(setup: BenchSetup, args: tuple, kwargs: dict[str, Any]
         rows.append(("eager channels-last", float("nan"), f"failed: {first_line(exc)[:ERROR_CHARS]}"))
     finally:
         to_channels_last(unet, "contiguous")
-    replaced: list = []
+    reason = fp8_unavailable(setup.parts.device)
+    if reason:
+        rows.append(("eager fp8 linears", float("nan"), f"not measured: {reason}"))
+        return rows, ref
     try:
-        replaced = quantize_linears_fp8(unet)
-        ms_fp8, out = time_unet_calls(unet, args, kwargs)
-        note = f"deviation {relative_deviation(out, ref):.1e} (off by default)"
+        twin = fp8_twin(unet)   # torchao; the original stays as it is
+        ms_fp8, out = time_unet_calls(twin, args, kwargs)
+        note = f"deviation {relative_deviation(out, ref):.1e} (turbo only)"
         rows.append(("eager fp8 linears", ms_fp8, note))
+        del twin
     except Exception as exc:
         rows.append(("eager fp8 linears", float("nan"), f"failed: {first_line(exc)[:ERROR_CHARS]}"))
-    finally:
-        for parent, name, linear in replaced:
-            setattr(parent, name, linear)
     return rows, ref
 
 

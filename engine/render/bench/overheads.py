@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import DiscordConfig, LimitsConfig
-from engine.render.fastpath import warm_image
+from engine.render.startup import warm_image
 
 
 def time_validation(repeat: int, width: int = 1920, height: int = 1440) -> float:

@@ -13,9 +13,10 @@ import torch
 from engine.config import EngineConfig
 from engine.errors import ModelError
 from engine.presets import Scheduler
-from engine.render.fastpath import decode_chunk_policy, warm_image
+from engine.render.fastpath import decode_chunk_policy
 from engine.render.model import ModelParts, load_model, resolve_device
 from engine.render.sampler import build_scheduler, encode_prompt, vae_scale
+from engine.render.startup import warm_image
 
 PROMPT = "a red ball rolls across a wooden table, soft light"
 NEGATIVE = "distorted, blurry, static"

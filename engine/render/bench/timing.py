@@ -16,6 +16,7 @@ import torch
 from engine.render.bench.setup import IMAGE_NOISE_SEED, NEGATIVE, PROMPT, BenchSetup
 from engine.render.model import ModelParts, full_configs
 from engine.render.sampler import PreviewSink, sample, sync_device
+from engine.render.turbo import StepPlan
 
 UNET_SAMPLE_CALLS = 5
 
@@ -26,14 +27,14 @@ Measurement = Callable[[BenchSetup], tuple[float, np.ndarray]]
 # ---------------------------------------------------------------- end-to-end renders
 
 
-def time_ours(setup: BenchSetup, steps: int | None = None, previews: PreviewSink | None = None
-              ) -> tuple[float, np.ndarray]:
+def time_ours(setup: BenchSetup, steps: int | None = None, previews: PreviewSink | None = None,
+              plan: StepPlan | None = None) -> tuple[float, np.ndarray]:
     generator = torch.Generator("cpu").manual_seed(IMAGE_NOISE_SEED)
     return _timed(setup, lambda: sample(
         setup.parts, setup.image, PROMPT, NEGATIVE, steps=steps or setup.steps, scheduler=setup.scheduler,
         guidance=setup.guidance, frames=setup.frames, width=setup.width, height=setup.height, seed=0,
         fps=setup.fps, latents=setup.latents, decode_chunk_size=setup.decode_chunk_size, output="float",
-        image_latents_generator=generator, previews=previews,
+        image_latents_generator=generator, previews=previews, plan=plan,
     ))
 
 
