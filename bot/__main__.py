@@ -1,7 +1,12 @@
 """`python -m bot [--config PATH]`: the chat front ends whose tokens are set, plus the GPU worker process.
 
 The worker runs as a child process and is started again if it dies, so a GPU crash never takes the chat
-bots down. With a Redis store and `[engine] local_worker = false`, workers run elsewhere.
+bots down; it ends with this process, even a killed one (`--parent-pid`). With a Redis store and
+`[engine] local_worker = false`, workers run elsewhere.
+
+Each front end starts on its own: one whose platform cannot be reached is retried with backoff
+(`bot.startup`) while the other and the worker run; one whose token is refused stops, and the process exits
+with code 2 when no front end is left.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from bot.startup import Backoff, keep_starting
 from engine.config import Config, load_config
 from engine.errors import UserError
 from engine.queue.backends import is_redis_url
@@ -56,7 +62,9 @@ class WorkerSupervisor:
         self._task: asyncio.Task | None = None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "engine", "worker", "--store", self.store_url]
+        # --parent-pid: the worker stops (as on SIGTERM) when this process dies, even of SIGKILL, instead of
+        # holding the store's lease against the worker of the next bot.
+        cmd = [sys.executable, "-m", "engine", "worker", "--store", self.store_url, "--parent-pid", str(os.getpid())]
         if self.config_path:
             cmd += ["--config", self.config_path]
         return cmd
@@ -114,7 +122,9 @@ def wants_local_worker(config: Config) -> bool:
     return config.engine.local_worker or not is_redis_url(config.storage.url)
 
 
-async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -> None:
+async def run(config: Config, config_path: str | None, tokens: dict[str, str],
+              backoff: Backoff | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (0), or until every front end's token was refused (2)."""
     from bot.core import BotCore, settle_heap
     from engine.queue.service import JobService
 
@@ -130,8 +140,12 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
     if wants_local_worker(config):
         supervisor = WorkerSupervisor(config_path, config.storage.url)
         supervisor.start()
-    front_ends: list[FrontEnd] = []
+    front_ends: dict[str, FrontEnd] = {}
+    starting: dict[str, asyncio.Task[bool]] = {}
+    live: list[str] = []
+    code = 0
     stop = asyncio.Event()
+    stopped = asyncio.create_task(stop.wait(), name="stop-signal")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
@@ -140,17 +154,28 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
         if "discord" in tokens:
             from bot.discord.app import DiscordFrontEnd
 
-            front_ends.append(DiscordFrontEnd(core, config, tokens["discord"]))
+            front_ends["discord"] = DiscordFrontEnd(core, config, tokens["discord"])
         if "telegram" in tokens:
             from bot.telegram.app import TelegramFrontEnd
 
-            front_ends.append(TelegramFrontEnd(core, config, tokens["telegram"]))
-        for fe in front_ends:
-            await fe.start()
-        settle_heap()
-        log.info("bot running: %s", ", ".join(tokens))
+            front_ends["telegram"] = TelegramFrontEnd(core, config, tokens["telegram"])
+        # Side by side: a platform that is down (retried with backoff) keeps neither the other nor the worker
+        # waiting.
+        for name, fe in front_ends.items():
+            starting[name] = asyncio.create_task(keep_starting(fe, name, TOKEN_VARS[name], backoff or Backoff()),
+                                                 name=f"start-{name}")
         last_expiry = 0.0
         while not stop.is_set():
+            for name, task in list(starting.items()):
+                if task.done():
+                    del starting[name]
+                    if task.result():
+                        live.append(name)
+                        settle_heap()
+                        log.info("bot running: %s", ", ".join(live))
+            if not live and not starting:   # every token refused: nothing left to serve
+                code = 2
+                break
             with contextlib.suppress(Exception):
                 if time.monotonic() - last_expiry >= EXPIRE_EVERY_S:
                     last_expiry = time.monotonic()
@@ -159,17 +184,22 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str]) -
                         log.info("expired %d old jobs", expired)
                 if core.metrics:
                     await service.sample_metrics(core.metrics)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), METRICS_EVERY_S)
+            await asyncio.wait({stopped, *starting.values()}, timeout=METRICS_EVERY_S,
+                               return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down")
+        stopped.cancel()
+        for task in starting.values():   # a start in progress cleans up after itself when cancelled
+            task.cancel()
+        await asyncio.gather(stopped, *starting.values(), return_exceptions=True)
         await core.close()   # followers first, so none edits through a closed client
-        for fe in front_ends:
+        for fe in front_ends.values():
             with contextlib.suppress(Exception):
                 await fe.close()
         if supervisor:
             await supervisor.stop()
         await service.close()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         if not tokens:
             raise UserError("No chat token set: set DISCORD_TOKEN and/or TELEGRAM_TOKEN "
                             "(or DISCORD_TOKEN_FILE / TELEGRAM_TOKEN_FILE).", "no_token")
-        asyncio.run(run(config, args.config, tokens))
+        backoff = Backoff.from_env()
+        return asyncio.run(run(config, args.config, tokens, backoff))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

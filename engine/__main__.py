@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the GPU worker until SIGTERM")
     _store(w)
     w.add_argument("--model", default=None)
+    w.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="stop as on SIGTERM when PID, this worker's parent, ends (set by python -m bot)")
     _common(w)
 
     j = sub.add_parser("jobs", help="list jobs, oldest first: id state user preset position")
@@ -331,6 +333,12 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    if args.parent_pid is not None:   # first thing: from here on, the parent's death stops this worker
+        from engine.queue.parent import follow_parent
+
+        if not follow_parent(args.parent_pid):
+            raise UserError(f"--parent-pid {args.parent_pid}: not this worker's parent (has it ended?).",
+                            "parent_gone")
     from engine.queue.worker import run_worker
 
     config = _config(args)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from bot.discord.app import DiscordFrontEnd
+from bot.startup import TokenRefused
 from bot.texts import t
 from engine.config import Config
 from engine.jobs import JobState
@@ -477,8 +478,9 @@ async def test_the_bot_token_stays_out_of_the_logs_and_a_bad_one_fails_start(tmp
         await fake.wait_for(lambda: shows(interaction, "⏳"))
     async with running_stack(config, with_worker=False) as stack:
         front = DiscordFrontEnd(stack.core, config, "not-the-token")
-        with pytest.raises(discord.LoginFailure):
+        with pytest.raises(TokenRefused) as refused:   # discord.LoginFailure, which retrying cannot help
             await front.start()
+        assert isinstance(refused.value.__cause__, discord.LoginFailure)
     assert "Shard ID None has connected" in caplog.text   # discord.py's DEBUG/INFO lines were captured
     assert fake.token not in caplog.text and "not-the-token" not in caplog.text
 

@@ -27,12 +27,25 @@ from bot.discord.api import NO_MENTIONS, PLATFORM, download_attachment, reply
 from bot.discord.commands import Commands, CommandTranslator
 from bot.discord.components import JobButton
 from bot.discord.status import StatusMessage, StatusRef, ref_for, status_for_stored_job
+from bot.startup import PlatformUnavailable, TokenRefused
 from bot.texts import error_text, t
 from engine.config import Config
 from engine.errors import UserError
 from engine.jobs import Job
 
 log = logging.getLogger("bot.discord")
+
+AUTHENTICATION_FAILED = 4004   # the gateway's close code for a refused token
+
+
+class _QuietLogin(logging.Filter):
+    """Drops discord.py's "logging in" line: each try at starting is logged once, by `bot.startup`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "logging in using static token"
+
+
+_QUIET_LOGIN = _QuietLogin()
 
 
 class _Client(discord.Client):
@@ -67,8 +80,9 @@ class _Tree(app_commands.CommandTree[_Client]):
 
 
 class DiscordFrontEnd:
-    """The Discord bot over a BotCore. `start()` returns once connected; `close()` disconnects (the core's
-    followers belong to the core: close it separately)."""
+    """The Discord bot over a BotCore. `start()` returns once connected, or raises TokenRefused or
+    PlatformUnavailable (`bot.startup`) with everything closed, ready for another try; `close()` disconnects
+    (the core's followers belong to the core: close it separately)."""
 
     def __init__(self, core: BotCore, config: Config, token: str):
         self.core = core
@@ -79,16 +93,8 @@ class DiscordFrontEnd:
         self.interaction_ttl_s = cfg.interaction_ttl_s
         self._ready_timeout_s = cfg.ready_timeout_s
         self._hosts = {h.lower() for h in cfg.attachment_hosts}
-        self.client = _Client(
-            self,
-            intents=discord.Intents(guilds=True),
-            allowed_mentions=NO_MENTIONS,
-            max_ratelimit_timeout=cfg.max_ratelimit_timeout_s,
-            guild_ready_timeout=cfg.guild_ready_timeout_s,
-        )
-        self.tree = _Tree(self.client, allowed_contexts=app_commands.AppCommandContext(
-            guild=True, dm_channel=cfg.dms, private_channel=False))
-        self.commands = Commands(self, self.tree)
+        self._new_client()
+        self._tried = False
         self._runner: asyncio.Task | None = None
         self._http: aiohttp.ClientSession | None = None
         self._saved_urls: tuple[str, yarl.URL] | None = None
@@ -103,27 +109,57 @@ class DiscordFrontEnd:
 
     # ---- lifecycle ----
 
+    def _new_client(self) -> None:
+        cfg = self.config.discord
+        self.client = _Client(
+            self,
+            intents=discord.Intents(guilds=True),
+            allowed_mentions=NO_MENTIONS,
+            max_ratelimit_timeout=cfg.max_ratelimit_timeout_s,
+            guild_ready_timeout=cfg.guild_ready_timeout_s,
+        )
+        self.tree = _Tree(self.client, allowed_contexts=app_commands.AppCommandContext(
+            guild=True, dm_channel=cfg.dms, private_channel=False))
+        self.commands = Commands(self, self.tree)
+
     async def start(self) -> None:
+        if self._tried:
+            # The client of a failed try is closed, and discord.py's HTTP client keeps its closed connector:
+            # a new client (and command tree) starts clean.
+            self._new_client()
+        self._tried = True
+        logging.getLogger("discord.client").addFilter(_QUIET_LOGIN)
         self._point_at_configured_urls()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_read=20))
+        try:
+            await self._connect()
+            self.synced = await self.commands.sync_commands()
+            resumed = await self.core.resume_following(PLATFORM, self.status_for_stored_job)
+        except BaseException as exc:
+            await self.close()
+            problem = _start_problem(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+        if resumed:
+            log.info("discord: following %d unfinished jobs again", len(resumed))
+
+    async def _connect(self) -> None:
         self._runner = asyncio.create_task(self.client.start(self._token), name="discord-client")
         ready = asyncio.create_task(self.client.ready_event.wait())
-        await asyncio.wait({self._runner, ready}, timeout=self._ready_timeout_s,
-                           return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
+        try:
+            await asyncio.wait({self._runner, ready}, timeout=self._ready_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
             ready.cancel()
-            stopped = self._runner.done()
-            await self.close()
-            if stopped:
+        if not self.client.ready_event.is_set():
+            if self._runner.done():
                 self._runner.result()   # raises the login/connection error
+                raise ConnectionError("Discord closed the connection before the bot was ready")
             raise TimeoutError(f"Discord did not get ready within {self._ready_timeout_s:.0f} s")
         user = self.client.user
         assert user is not None   # set at login, before the client gets ready
         log.info("discord: connected as %s (%s)", user, user.id)
-        self.synced = await self.commands.sync_commands()
-        resumed = await self.core.resume_following(PLATFORM, self.status_for_stored_job)
-        if resumed:
-            log.info("discord: following %d unfinished jobs again", len(resumed))
 
     async def close(self) -> None:
         if not self.client.is_closed():
@@ -173,3 +209,15 @@ class DiscordFrontEnd:
 
     def status_for_stored_job(self, job: Job) -> StatusMessage | None:
         return status_for_stored_job(self, job)
+
+
+def _start_problem(exc: BaseException) -> Exception | None:
+    """What a failed start means for the next try: TokenRefused, PlatformUnavailable, or None (anything else,
+    raised as it is)."""
+    if isinstance(exc, discord.LoginFailure) or (
+            isinstance(exc, discord.ConnectionClosed) and exc.code == AUTHENTICATION_FAILED):
+        return TokenRefused("Discord refused the token (401 Unauthorized)")
+    if isinstance(exc, (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException,
+                        discord.GatewayNotFound, discord.ConnectionClosed)):
+        return PlatformUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return None

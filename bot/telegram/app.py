@@ -20,7 +20,7 @@ import logging
 import weakref
 from pathlib import Path
 
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -32,6 +32,7 @@ from telegram.ext import (
 )
 
 from bot.core import BotCore
+from bot.startup import PlatformUnavailable, TokenRefused
 from bot.telegram.api import PLATFORM, PTB_LOGGERS, BoundedHTTPXRequest, RedactToken
 from bot.telegram.commands import ADMIN_COMMANDS, CAPTION_COMMAND, MEDIA, Commands, command_texts
 from bot.telegram.components import Buttons
@@ -70,6 +71,8 @@ class TelegramFrontEnd:
     # ---- lifecycle
 
     async def start(self) -> None:
+        """Poll once Telegram has accepted the token; TokenRefused or PlatformUnavailable (`bot.startup`),
+        with everything closed, when it cannot be done now."""
         # httpx logs request URLs at INFO, and Bot API URLs contain the token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         for name in PTB_LOGGERS:
@@ -83,22 +86,34 @@ class TelegramFrontEnd:
             builder = builder.base_file_url(tg.file_base_url)
         app = builder.build()
         self._add_handlers(app)
-        await app.initialize()
-        self.app = app
-        await self._set_commands()
-        await app.start()
-        await self._resume()
-        assert app.updater is not None   # the builder makes one unless told `.updater(None)`
-        await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=self.poll_timeout),
-                                        allowed_updates=["message", "callback_query"])
+        try:
+            await app.initialize()
+            self.app = app
+            await self._set_commands()
+            await app.start()
+            await self._resume()
+            assert app.updater is not None   # the builder makes one unless told `.updater(None)`
+            await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=self.poll_timeout),
+                                            allowed_updates=["message", "callback_query"])
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self._shut(app)
+            if isinstance(exc, InvalidToken):   # 401, or 404 for a malformed token
+                # PTB's text quotes the token; the answer's own text is the cause's.
+                answer = exc.__cause__ if isinstance(exc.__cause__, InvalidToken) else exc
+                raise TokenRefused(f"Telegram refused the token ({self.redact(answer.message)})") from None
+            if isinstance(exc, TelegramError):   # NetworkError, TimedOut, RetryAfter, an error answer
+                raise PlatformUnavailable(f"{type(exc).__name__}: {self.redact(exc.message)}") from None
+            raise
         log.info("Telegram bot @%s is polling", app.bot.username)
 
     async def close(self) -> None:
         """Stop polling, let running handlers finish, stop following this front end's jobs (they are
         followed again on the next start), then release the HTTP client."""
-        app = self.app
-        if app is None:
-            return
+        if self.app is not None:
+            await self._shut(self.app)
+
+    async def _shut(self, app: Application) -> None:
         with contextlib.suppress(Exception):
             if app.updater and app.updater.running:
                 await app.updater.stop()
@@ -111,6 +126,9 @@ class TelegramFrontEnd:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.app = None
         await app.shutdown()   # the redaction filters stay: work still winding down may log
+        # After a failed initialize() the application never counted as initialized, but its bot's HTTP
+        # clients are open.
+        await app.bot.shutdown()
 
     def _add_handlers(self, app: Application) -> None:
         message = filters.UpdateType.MESSAGE

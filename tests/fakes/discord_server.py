@@ -35,7 +35,8 @@ GUILD_CREATE before it fires ``on_ready``. A whole connect, sync, command, edit-
 Options (keyword arguments of ``FakeDiscord``): ``token``, ``heartbeat_interval_ms``,
 ``interaction_ack_timeout_s`` (3.0), ``interaction_token_ttl_s`` (900), ``nonce_window_s`` (300),
 ``attachment_size_limit`` (10 MiB, also sent in every interaction), ``strict_commands`` (True),
-``echo_message_events`` (True), ``gateway_wait_s`` (2.0: how long a dispatch helper waits for a client).
+``echo_message_events`` (True), ``gateway_wait_s`` (2.0: how long a dispatch helper waits for a client),
+``port`` (0: a free one; a given port lets a test start the fake where a client already tries to connect).
 The same attributes may be changed on a running fake, e.g. ``fake.interaction_ack_timeout_s = 0.05``.
 
 World
@@ -597,6 +598,7 @@ class FakeDiscord:
         strict_commands: bool = True,
         echo_message_events: bool = True,
         gateway_wait_s: float = 2.0,
+        port: int = 0,
     ):
         self.token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -651,7 +653,7 @@ class FakeDiscord:
 
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -669,7 +671,7 @@ class FakeDiscord:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 

@@ -1,6 +1,6 @@
 """A local fake of the Telegram Bot API for end-to-end tests of the Telegram front end.
 
-`FakeTelegram` runs a small aiohttp server on 127.0.0.1 (free port) that speaks the Bot API over HTTP, so the
+`FakeTelegram` runs a small aiohttp server on 127.0.0.1 (a free port, or `port=`) that speaks the Bot API over HTTP, so the
 real python-telegram-bot client (or any other Bot API client) can poll, download, send and edit against it
 offline. Tests inject user activity with plain synchronous helpers and inspect what the bot did.
 
@@ -54,6 +54,8 @@ Bot API methods answered
     Multipart `attach://name` references are resolved to the uploaded part.
 
 Behaviour copied from the real server
+    A method call with a token other than `token` is answered 401
+    `{"ok": false, "error_code": 401, "description": "Unauthorized"}`, as for a revoked token.
     getUpdates answers at once when updates are pending or `timeout` is 0, and otherwise waits up to
     `timeout` seconds. A newer getUpdates, or closing the fake, releases an older waiting one with [].
     Message ids follow one sequence per chat, shared by user and bot messages.
@@ -66,6 +68,8 @@ Behaviour copied from the real server
     reply_markup removes the inline keyboard, as on Telegram.
 
 Faults and limits
+    `FakeTelegram(port=N)` listens on that port (default: a free one), e.g. where a client already tries to
+    connect, for tests of a platform that comes up late.
     `fail_next(method, status=429, retry_after=2, times=1, description=None)`: the next `times` calls fail
     without side effects; 429 carries `parameters.retry_after` (python-telegram-bot raises RetryAfter).
     `delay_next(method, seconds, times=1)`: answer late, for client timeouts; the request is still carried
@@ -606,6 +610,7 @@ class FakeTelegram:
         upload_limit: int = UPLOAD_LIMIT,
         edit_limit_per_minute: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        port: int = 0,
     ):
         self.token = token
         self.bot = User(int(token.split(":", 1)[0]), bot_name, username=bot_username, is_bot=True)
@@ -639,7 +644,7 @@ class FakeTelegram:
         self._poll_generation = 0
         self.waiting_polls = 0
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -664,7 +669,8 @@ class FakeTelegram:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock, shutdown_timeout=2.0).start()
         return self
