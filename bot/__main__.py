@@ -26,6 +26,8 @@ from typing import Protocol
 from bot.startup import Backoff, keep_starting
 from engine.config import Config, load_config
 from engine.errors import UserError
+from engine.logs import configure as configure_logging
+from engine.logs import setup_logging
 from engine.queue.backends import is_redis_url
 
 log = logging.getLogger("bot")
@@ -132,10 +134,9 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
     await service.start()
     core = BotCore(config, service)
     if config.metrics.port:
-        from engine.queue.metrics import Metrics, start_metrics_server
+        from engine.queue.metrics import Metrics
 
         core.metrics = Metrics()
-        start_metrics_server(config.metrics.port, core.metrics.registry)
     supervisor = None
     if wants_local_worker(config):
         supervisor = WorkerSupervisor(config_path, config.storage.url)
@@ -150,7 +151,14 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    health = None
     try:
+        if core.metrics:   # /metrics, /healthz and /readyz on [metrics] port
+            from bot.health import Readiness
+            from engine.queue.metrics import start_metrics_server
+
+            health = start_metrics_server(config.metrics.port, core.metrics.registry,
+                                          ready=Readiness(service.store, loop, live, starting, stop))
         if "discord" in tokens:
             from bot.discord.app import DiscordFrontEnd
 
@@ -199,6 +207,8 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
         if supervisor:
             await supervisor.stop()
         await service.close()
+        if health:
+            await asyncio.to_thread(health.stop)
     return code
 
 
@@ -206,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Discord and Telegram video bots.")
     parser.add_argument("--config", default=None, help="config file (default ./config.toml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)   # request URLs carry the Telegram token
+    setup_logging()   # text until the config says otherwise; tokens redacted from the first line on
     try:
         config = load_config(args.config)
+        configure_logging(config.logging)
         tokens = {name: tok for name, var in TOKEN_VARS.items() if (tok := read_token(var))}
         if not tokens:
             raise UserError("No chat token set: set DISCORD_TOKEN and/or TELEGRAM_TOKEN "

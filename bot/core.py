@@ -37,6 +37,7 @@ from engine.jobs import (
     Started,
     Step,
 )
+from engine.queue.resilient import background
 from engine.queue.service import JobService
 from engine.safety import SAFETY_REASONS, Rule, bot_gate, placement
 from engine.servers import ServerSettings
@@ -229,7 +230,8 @@ class BotCore:
             return existing
         if hints is None:
             hints = list(job.options.get("hints") or [])
-        task = asyncio.create_task(self._follow(job, ui, hints), name=f"follow-{job.id}")
+        # In the background: a store outage is waited out (its user sees a delay, not an error).
+        task = asyncio.create_task(self._follow(job, ui, hints), name=f"follow-{job.id}", context=background())
         self._followers[job.id] = task
         job_id = job.id
         task.add_done_callback(lambda _t: self._followers.pop(job_id, None))
@@ -283,7 +285,7 @@ class BotCore:
 
         edits = EditScheduler(send, ui.min_edit_interval_s, on_edit)
         try:
-            async for event in self.service.events(job.id):
+            async for event in self.service.events(job.id, seen=job):
                 if isinstance(event, Queued):
                     state.phase, state.position, state.eta_s = "queued", event.position, event.eta_s
                     state.moved_back = event.moved > 0 or (state.moved_back and event.moved == 0)

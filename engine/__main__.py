@@ -13,11 +13,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from engine.config import Config, load_config, set_option
 from engine.errors import ModelError, UserError
+from engine.families import family_of_model
 from engine.jobs import JobState
+from engine.logs import configure as configure_logging
+
+if TYPE_CHECKING:
+    from engine.queue.metrics import MetricsServer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative", default=None)
     g.add_argument("--preset", default="quick")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--model", default=None, help="hub id, local folder, or 'tiny'")
+    g.add_argument("--model", default=None, help="hub id, local folder, 'tiny' or 'tiny-ltx'")
     g.add_argument("--camera", default=None)
     g.add_argument("--speed", default=None)
     g.add_argument("--out", default=None)
@@ -170,6 +175,10 @@ def cmd_generate(args) -> int:
     out = Path(args.out) if args.out else Path(args.image).with_suffix(".mp4")
     if args.extend < 0:
         raise UserError("--extend takes a number of extensions, 0 or more.", "usage")
+    family = family_of_model(config.engine.model)
+    if config.presets[preset_name].family != family:
+        raise UserError(f"The '{preset_name}' preset needs an {config.presets[preset_name].family} model; "
+                        f"{config.engine.model} is {family}.", "usage")
 
     from engine.media.clip import finish, join
     from engine.media.video import write_mp4
@@ -226,11 +235,11 @@ def _preview_writer(folder: Path, config: Config, preset_name: str, as_json: boo
     from engine.render.preview import PreviewTimer
 
     folder.mkdir(parents=True, exist_ok=True)
-    fps = config.presets[preset_name].fps
+    preset = config.presets[preset_name]
 
     def write(step: int, frames) -> None:
         path = folder / f"preview-{step:03d}.gif"
-        path.write_bytes(preview_gif(frames, fps))
+        path.write_bytes(preview_gif(frames, preset.preview_fps(len(frames))))
         if as_json:
             print(json.dumps({"preview": str(path), "step": step}), flush=True)
 
@@ -342,8 +351,30 @@ def cmd_worker(args) -> int:
     from engine.queue.worker import run_worker
 
     config = _config(args)
-    asyncio.run(run_worker(config))
+    configure_logging(config.logging)
+    health = _worker_endpoint(config, beside_bot=args.parent_pid is not None)
+    try:
+        asyncio.run(run_worker(config))
+    finally:
+        if health is not None:
+            health.stop()
     return 0
+
+
+def _worker_endpoint(config: Config, beside_bot: bool) -> MetricsServer | None:
+    """/metrics (this process's CPU, memory and GC), /healthz and /readyz on `[metrics] port`, from a thread,
+    so a probe is answered while a render holds the event loop. A worker started by `python -m bot` shares
+    the bot's machine and port, which the bot serves: it serves none. A port in use is one warning, not a
+    worker that cannot start."""
+    if not config.metrics.port or beside_bot:
+        return None
+    from engine.queue.metrics import process_registry, start_metrics_server
+
+    try:
+        return start_metrics_server(config.metrics.port, process_registry())
+    except UserError as exc:
+        logging.getLogger("engine.metrics").warning("%s; this worker serves no metrics", exc)
+        return None
 
 
 def cmd_bench(args) -> int:

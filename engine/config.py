@@ -17,9 +17,10 @@ import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic.functional_validators import BeforeValidator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -71,7 +72,7 @@ class QueueConfig(Section):
     max_length: NonNegInt = 50
     jobs_per_hour: NonNegInt = 20
     default_step_s: dict[str, NonNegFloat] = Field(
-        default_factory=lambda: {"quick": 0.25, "hq": 0.25, "turbo": 0.08, "lite": 0.07})
+        default_factory=lambda: {"quick": 0.25, "hq": 0.25, "turbo": 0.08, "lite": 0.07, "fast": 0.2})
     default_overhead_s: NonNegFloat = 2.0
     max_extends: NonNegInt = 3      # extensions in one chain (a clip and its extensions); 0 = no Extend
 
@@ -122,6 +123,22 @@ class MetricsConfig(Section):
     port: Port = 0
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+
+def _level_in_any_case(value: Any) -> Any:
+    """"debug" is DEBUG; a value that is no level is left as it is, for the refusal to quote."""
+    return value.upper() if isinstance(value, str) and value.upper() in LOG_LEVELS else value
+
+
+class LoggingConfig(Section):
+    # "text": time LEVEL logger: message; "json": one JSON object a line (engine/logs.py). Tokens are redacted
+    # in both.
+    format: Literal["text", "json"] = "text"
+    level: Annotated[LogLevel, BeforeValidator(_level_in_any_case)] = "INFO"
+
+
 class PreviewConfig(Section):
     every_s: NonNegFloat = 3.0     # a preview of the forming clip this often while it renders; 0 = off
 
@@ -152,6 +169,7 @@ class Config(BaseSettings):
     discord: DiscordConfig = Field(default_factory=DiscordConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
@@ -182,6 +200,9 @@ class Config(BaseSettings):
         for preset in self.presets.values():
             if preset.fallback and preset.fallback not in self.presets:
                 raise ValueError(f"presets.{preset.name}.fallback: no preset named {preset.fallback!r}")
+            if preset.fallback and self.presets[preset.fallback].family != preset.family:
+                raise ValueError(f"presets.{preset.name}.fallback: {preset.fallback!r} is for another model "
+                                 f"family ({self.presets[preset.fallback].family}, not {preset.family})")
         return self
 
     @property

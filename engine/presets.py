@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from engine.families import LTX_VIDEO
+
 SCHEDULERS = ("dpmpp_2m", "ddim")
+Family = Literal["i2vgen-xl", "ltx-video"]
 DEFAULT_PRESET = "quick"   # what /animate and a captioned photo get unless the user or the server picks another
 Scheduler = Literal["dpmpp_2m", "ddim"]
 
@@ -39,11 +42,26 @@ class Preset:
     deep_cache_interval: Annotated[int, Field(ge=1)] = 1
     deep_cache_branch: Annotated[int, Field(ge=1)] = 1
     fp8: bool = False
+    family: Family = "i2vgen-xl"                          # the model family that renders it (engine/families.py)
+
+    @model_validator(mode="after")
+    def _fits_its_family(self) -> Preset:
+        if self.family == LTX_VIDEO:
+            if (self.frames - 1) % 8:
+                raise ValueError(f"an LTX-Video preset has 8k+1 frames (9, 17, 25, 49...), not {self.frames}")
+            if not self.exact:
+                raise ValueError("cfg_fraction, deep_cache_interval and fp8 are for I2VGen-XL presets only")
+        return self
 
     @property
     def exact(self) -> bool:
         """Whether this preset renders what the plain pipeline renders (up to rounding)."""
         return self.cfg_fraction >= 1 and self.deep_cache_interval <= 1 and not self.fp8
+
+    def preview_fps(self, preview_frames: int) -> int:
+        """The rate at which a preview of that many frames lasts as long as the clip (LTX-Video's previews
+        have one frame per latent frame, fewer than the clip)."""
+        return max(1, round(self.fps * preview_frames / self.frames))
 
     def bucket(self, aspect: str) -> tuple[int, int]:
         """(width, height) for a named aspect: sides multiple of 64, area within the pixel budget."""
@@ -83,4 +101,7 @@ DEFAULT_PRESETS: dict[str, Preset] = {
     "turbo": Preset("turbo", 25, "dpmpp_2m", 512 * 512, 16, 8, 9.0, "lite", cfg_fraction=0.4,
                     deep_cache_interval=2, deep_cache_branch=1, fp8=True),
     "lite": Preset("lite", 30, "dpmpp_2m", 256 * 256, 8, 8, 9.0, ""),
+    # LTX-Video (distilled): 8 steps without guidance, 49 frames at its own 24 fps (2 s). Sides are multiples
+    # of 64 here, so of 32 as LTX needs.
+    "fast": Preset("fast", 8, "dpmpp_2m", 512 * 512, 49, 24, 1.0, "", family="ltx-video"),
 }

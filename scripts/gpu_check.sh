@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: install the wheels carried in .whl/ (see docs/PERFORMANCE.md for how to fill it), then run
-# the full bench on the random full-size model. Output goes to $OUT/bench.txt (and env.txt beside it).
-# Meant for a machine with one CUDA GPU and torch already installed; finishes within 9 minutes.
+# the full bench on the random full-size models: quick exact beside eager, turbo, start-up with an empty and a
+# warm compile cache, LTX-Video, CUDA graphs, channels-last, in that order, each within what is left of the
+# bench's deadline ("not measured" for what it cut), every figure beside its target. Output goes to
+# $OUT/bench.txt (and env.txt beside it). Meant for a machine with one CUDA GPU and torch already installed;
+# finishes within 9 minutes, so it fits a 15-minute lease with the machine's start.
 #
 #   bash scripts/gpu_check.sh            # OUT defaults to /tmp/gpu-check-out
 #   bash scripts/gpu_check.sh bash scripts/warmup_study.sh   # any other command, same set-up, to study.txt

@@ -53,8 +53,9 @@ def main() -> int:
     parser.add_argument("--timed", type=int, default=2, help="buckets to time a full render in afterwards")
     args = parser.parse_args()
 
+    own = {name: p for name, p in DEFAULT_PRESETS.items() if p.family == "i2vgen-xl"}
     buckets = ([tuple(int(v) for v in b.split("x")) for b in args.buckets.split(",")] if args.buckets
-               else [(w, h) for _, _, w, h in warm_shapes(DEFAULT_PRESETS, warm_presets(DEFAULT_PRESETS))])
+               else sorted({(w, h) for _, _, w, h in warm_shapes(own, warm_presets(own))}))
     start = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
     parts = load_model(args.model, device=args.device)

@@ -137,6 +137,9 @@ def test_full_suite_dry_run_on_the_cpu():
     assert re.search(r"first job at full speed \(load \+ first bucket\), empty cache: \d+\.\d s; warm cache: "
                      r"\d+\.\d s", report)
     assert "quick ours-fast CUDA graphs: not measured (CUDA and the compiler only)" in report
+    assert "LTX-Video (tiny-ltx): the fast preset, 64x64, 49 frames at 24 fps, 8 steps, guidance 1.0" in report
+    assert next(line for line in lines if line.startswith("fast ltx-eager ")).split()[2] != "nan"
+    assert re.search(r"LTX-Video 2-second clip \(fast ltx-eager\) \d+\.\d\d s <= 2.0 s", report)
     assert re.search(r"quick ours-fast channels-last .*max \|fast - eager\| .*x the default fast path", report)
     assert row_value(report, "quick ours-eager ") == pytest.approx(0.0, abs=1e-5)  # |ours - diffusers|
     assert row_value(report, "quick ours-fast ") <= 1e-5  # |fast - eager|

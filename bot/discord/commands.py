@@ -64,21 +64,25 @@ class Commands:
         commands, front, tree = self, self.front, self.tree
 
         options = ("image", "prompt", "seed", "negative", "camera", "speed", "subject", "environment", "smooth",
-                   "loop")
+                   "loop", "preset")
 
         @app_commands.rename(**{o: text(f"opt_{o}") for o in options})
         @app_commands.describe(**{o: text(f"optdesc_{o}") for o in options})
         @app_commands.choices(
             camera=[app_commands.Choice(name=text(f"choice_{c}"), value=c) for c in CAMERAS],
             speed=[app_commands.Choice(name=text(f"choice_{s}"), value=s) for s in SPEEDS],
+            # Every configured preset (choices are fixed when commands sync); one that no worker serves right now
+            # is refused at submit with the presets that are.
+            preset=[app_commands.Choice(name=p, value=p) for p in sorted(front.config.presets)],
         )
         async def render_command(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
                                  seed: Range[int, 0, MAX_SEED] | None = None, negative: str | None = None,
                                  camera: str | None = None, speed: str | None = None,
                                  subject: Range[str, 1, 200] | None = None,
                                  environment: Range[str, 1, 200] | None = None, smooth: bool | None = None,
-                                 loop: bool | None = None) -> None:
-            preset = "hq" if interaction.command and interaction.command.name == "hq" else "quick"
+                                 loop: bool | None = None, preset: str | None = None) -> None:
+            if preset is None:
+                preset = "hq" if interaction.command and interaction.command.name == "hq" else "quick"
             await commands.render(interaction, image, prompt, preset, seed=seed, negative=negative or "",
                                   camera=camera, speed=speed, subject=subject, environment=environment,
                                   smooth=smooth, loop=bool(loop))

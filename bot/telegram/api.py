@@ -13,7 +13,7 @@ import contextlib
 import datetime as dtm
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,20 @@ class BoundedHTTPXRequest(HTTPXRequest):
     async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
         async with self._slots:
             return await super().do_request(*args, **kwargs)
+
+
+class PollRequest(HTTPXRequest):
+    """PTB's HTTP client for getUpdates (one connection, as PTB's own), telling `on_answer` the HTTP status of
+    every answer: the one place that sees polling work again after a 409 Conflict or an outage."""
+
+    def __init__(self, on_answer: Callable[[int], None], **kwargs: Any):
+        super().__init__(connection_pool_size=1, **kwargs)
+        self._on_answer = on_answer
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        status, payload = await super().do_request(*args, **kwargs)
+        self._on_answer(status)
+        return status, payload
 
 
 # ---------------------------------------------------------------- reading errors

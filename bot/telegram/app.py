@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import datetime as dtm
 import logging
+import time
 import weakref
 from pathlib import Path
 
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import Conflict, InvalidToken, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -33,7 +34,7 @@ from telegram.ext import (
 
 from bot.core import BotCore
 from bot.startup import PlatformUnavailable, TokenRefused
-from bot.telegram.api import PLATFORM, PTB_LOGGERS, BoundedHTTPXRequest, RedactToken
+from bot.telegram.api import PLATFORM, PTB_LOGGERS, BoundedHTTPXRequest, PollRequest, RedactToken
 from bot.telegram.commands import ADMIN_COMMANDS, CAPTION_COMMAND, MEDIA, Commands, command_texts
 from bot.telegram.components import Buttons
 from bot.telegram.status import ChatPacer, StatusMessage
@@ -59,6 +60,7 @@ class TelegramFrontEnd:
         self.buttons = Buttons(self)
         self._pacers: weakref.WeakValueDictionary[int, ChatPacer] = weakref.WeakValueDictionary()
         self._followers: set[asyncio.Task] = set()
+        self._poll_trouble_since: float | None = None   # when getUpdates last started failing
 
     def __repr__(self) -> str:   # never show the token
         return f"<TelegramFrontEnd running={self.app is not None}>"
@@ -79,7 +81,7 @@ class TelegramFrontEnd:
             logging.getLogger(name).addFilter(self._redact_filter)
         tg = self.config.telegram
         builder = (ApplicationBuilder().token(self._token).concurrent_updates(True)
-                   .request(BoundedHTTPXRequest()))
+                   .request(BoundedHTTPXRequest()).get_updates_request(PollRequest(self._poll_answered)))
         if tg.api_base_url:
             builder = builder.base_url(tg.api_base_url)
         if tg.file_base_url:
@@ -94,7 +96,8 @@ class TelegramFrontEnd:
             await self._resume()
             assert app.updater is not None   # the builder makes one unless told `.updater(None)`
             await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=self.poll_timeout),
-                                            allowed_updates=["message", "callback_query"])
+                                            allowed_updates=["message", "callback_query"],
+                                            error_callback=self._polling_failed)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await self._shut(app)
@@ -157,6 +160,29 @@ class TelegramFrontEnd:
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         exc = context.error
         log.error("Telegram handler failed: %s: %s", type(exc).__name__, self.redact(str(exc)))
+
+    def _polling_failed(self, exc: TelegramError) -> None:
+        """getUpdates failed. PTB's polling loop tries again after 1 s, then 1.5 times longer each time up to
+        30 s; this says what is wrong once, when the trouble starts (PTB would log a traceback per try)."""
+        if self._poll_trouble_since is not None:
+            return
+        self._poll_trouble_since = time.monotonic()
+        if isinstance(exc, Conflict) and "webhook" in exc.message.lower():
+            log.error("telegram: a webhook is set for this bot token, so it cannot poll for updates (409 "
+                      "Conflict); retrying with backoff until the webhook is removed")
+        elif isinstance(exc, Conflict):
+            log.error("telegram: another instance of this bot is running with the same TELEGRAM_TOKEN (409 "
+                      "Conflict: only one may poll for updates); backing off, and polling again once it stops")
+        else:
+            log.warning("telegram: polling for updates failed: %s: %s; retrying with backoff",
+                        type(exc).__name__, self.redact(exc.message))
+
+    def _poll_answered(self, status: int) -> None:
+        """Every getUpdates answer's HTTP status: the first good one after trouble ends it, in one line."""
+        if status == 200 and self._poll_trouble_since is not None:
+            log.warning("telegram: polling for updates again after %.0f s",
+                        time.monotonic() - self._poll_trouble_since)
+            self._poll_trouble_since = None
 
     def redact(self, text: str) -> str:
         """`text` without the bot token, for logging errors that may quote a Bot API URL."""

@@ -198,9 +198,10 @@ class Commands:
         front = self.front
         config, core = front.config, front.core
         group = message.chat.type in ("group", "supergroup")
-        settings = await core.service.server_settings(PLATFORM, str(message.chat_id) if group else None)
-        locale = settings.language or locale_of(message)
+        locale = locale_of(message)
         try:
+            settings = await core.service.server_settings(PLATFORM, str(message.chat_id) if group else None)
+            locale = settings.language or locale
             if not self.allowed(message.chat_id, user.id):
                 raise UserError("This bot is not enabled in this chat.", "not_allowed_here")
             text, options = self._parse(ask)

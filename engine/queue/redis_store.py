@@ -36,11 +36,15 @@ import contextlib
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.jobs import Job, JobState
 from engine.queue.store import (
@@ -58,6 +62,7 @@ DEFAULT_PREFIX = "animabot:"
 LEASE_FORGET_S = 3600.0     # a lease dead this long is dropped from the worker list
 FETCH_CHUNK = 500           # job hashes read per round trip when listing
 PREVIEW_TTL_S = 3600        # a preview outlives its job by at most this (a worker that died mid-render)
+SOCKET_TIMEOUT_S = 5.0      # a call, or a connection, that gets no answer within this fails
 
 # Shared by every script. ARGV[1] is always the key prefix.
 _PRELUDE = r"""
@@ -123,6 +128,10 @@ end
 # ARGV: prefix, id, user, created_at, now, per_user, max_length, jobs_per_hour, field, value, ...
 _SUBMIT = r"""
 local id, user, created, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local state = redis.call('HGET', jkey(id), 'state')
+if (state == QUEUED or state == RUNNING) and cjson.decode(redis.call('HGET', jkey(id), 'user')) == user then
+  return job_reply(id)   -- a submit sent again after its reply was lost (a dropped connection): it is in
+end
 local per_user, max_length, per_hour = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if max_length > 0 then
   local waiting = 0
@@ -163,15 +172,30 @@ touch(id)
 return job_reply(id)
 """
 
-# ARGV: prefix, worker (JSON). Round-robin across users: least recently served first (never served = 0),
-# then the user whose oldest waiting job is oldest; FIFO per user. The same order as store.fair_order.
+# ARGV: prefix, worker (JSON), presets (a JSON list of JSON-encoded preset names, or "" for any). Round-robin
+# across users: least recently served first (never served = 0), then the user whose oldest waiting job is
+# oldest; FIFO per user. The same order as store.fair_order. With presets, each user's first job of those
+# presets stands for the user (a worker takes only what its model renders).
 _CLAIM = r"""
 if redis.call('HGET', P .. 'meta', 'paused') == 'true' then return {'none'} end
+local wanted = nil
+if ARGV[3] ~= '' then
+  wanted = {}
+  for _, name in ipairs(cjson.decode(ARGV[3])) do wanted[name] = true end
+end
+local function first_wanted(u)
+  if wanted == nil then return redis.call('ZRANGE', P .. 'queue:' .. u, 0, 0, 'WITHSCORES') end
+  local all = redis.call('ZRANGE', P .. 'queue:' .. u, 0, -1, 'WITHSCORES')
+  for i = 1, #all, 2 do
+    if wanted[redis.call('HGET', jkey(all[i]), 'preset') or ''] then return {all[i], all[i + 1]} end
+  end
+  return {}
+end
 local best_user, best_id, best_served, best_created
 for _, u in ipairs(redis.call('SMEMBERS', P .. 'users')) do
-  local head = redis.call('ZRANGE', P .. 'queue:' .. u, 0, 0, 'WITHSCORES')
+  local head = first_wanted(u)
   if #head == 0 then
-    redis.call('SREM', P .. 'users', u)
+    if redis.call('ZCARD', P .. 'queue:' .. u) == 0 then redis.call('SREM', P .. 'users', u) end
   else
     local served = tonumber(redis.call('HGET', P .. 'served', u) or '0')
     local created = tonumber(head[2])
@@ -412,18 +436,27 @@ class RedisStore:
     # ---- connection ----
 
     async def open(self) -> None:
-        self._r = aioredis.from_url(self.url, decode_responses=True)
+        await self.close()   # a try after a failed one starts clean
+        # A server that stops answering (hung, or a network partition) fails a call within the timeouts rather
+        # than hanging it, and a call on a dead connection is tried once more on a new one (a restarted
+        # server); longer outages are waited out above the store (engine.queue.resilient). The URL may set
+        # other timeouts (`?socket_timeout=1&socket_connect_timeout=1`).
+        self._r = aioredis.from_url(self.url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
+                                    socket_connect_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 1))
         await self._r.ping()
         self._scripts = {name: self._r.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
 
+    async def server_id(self) -> str:
+        """The Redis server process's run id: another one after a restart, whose data may be older than what
+        was read before (`ResilientStore.notice_restart`)."""
+        info = await self.redis.info("server")
+        return str(info.get("run_id", ""))
+
     async def close(self) -> None:
-        if self._changes is not None:
-            with contextlib.suppress(Exception):
-                await self._changes.aclose()
-            self._changes = None
+        await self._drop_changes()
         if self._r is not None:
-            await self._r.aclose()
-            self._r = None
+            r, self._r = self._r, None
+            await r.aclose()
 
     # The client decodes replies (decode_responses=True), so keys and values read back are str; redis-py types
     # them `bytes | str` as it cannot know that, hence the casts on what is read directly.
@@ -483,9 +516,11 @@ class RedisStore:
     async def update(self, job_id: str, **fields: Any) -> Job:
         return await self._job_reply("update", job_id, *_pairs(fields))
 
-    async def claim(self, worker: str) -> Job | None:
-        """Atomically take the next job in fair order across every worker, unless the queue is paused."""
-        reply = await self._run("claim", _enc(worker))
+    async def claim(self, worker: str, presets: Collection[str] | None = None) -> Job | None:
+        """Atomically take the next job in fair order across every worker (of the given presets only: those
+        the worker's model renders), unless the queue is paused."""
+        wanted = json.dumps([_enc(name) for name in sorted(presets)]) if presets is not None else ""
+        reply = await self._run("claim", _enc(worker), wanted)
         return _job(reply[1]) if reply[0] == "ok" else None
 
     async def finish(self, job_id: str, state: JobState, **fields: Any) -> Job:
@@ -586,14 +621,24 @@ class RedisStore:
     async def wait_for_change(self, timeout: float) -> bool:
         """Return as soon as any job is written (the events channel every write publishes on), or after
         `timeout`; True if one was."""
-        if self._changes is None:
-            self._changes = self.redis.pubsub(ignore_subscribe_messages=True)
-            await self._changes.subscribe(self.key("events"))
-        message = await self._changes.get_message(timeout=timeout)
-        changed = message is not None
-        while message is not None:   # several writes at once wake the waiter once
-            message = await self._changes.get_message(timeout=0)
+        try:
+            if self._changes is None:
+                self._changes = self.redis.pubsub(ignore_subscribe_messages=True)
+                await self._changes.subscribe(self.key("events"))
+            message = await self._changes.get_message(timeout=timeout)
+            changed = message is not None
+            while message is not None:   # several writes at once wake the waiter once
+                message = await self._changes.get_message(timeout=0)
+        except (RedisConnectionError, RedisTimeoutError):
+            await self._drop_changes()   # the next call subscribes again, on a new connection
+            raise
         return changed
+
+    async def _drop_changes(self) -> None:
+        changes, self._changes = self._changes, None
+        if changes is not None:
+            with contextlib.suppress(Exception):
+                await changes.aclose()
 
     async def notifications(self) -> AsyncIterator[dict[str, Any]]:
         """Job writes as they happen: {"id", "seq", "state", "step"} from the `<prefix>events` channel."""

@@ -2,12 +2,18 @@
 
 A single watcher task per process polls the store's change counter and fans events out to every
 subscriber, so following 500 jobs costs one indexed query per poll, not 500.
+
+The store is a `ResilientStore`: the watcher waits out an outage of the store, then brings every followed job
+up to date from its record; a job whose record did not survive the outage (a Redis killed before it wrote its
+last second) ends for its followers as failed, with the `lost` reason. Submissions during an outage, or while
+the data folder is full, are refused with a reason users can read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import secrets
@@ -20,6 +26,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import UserError
+from engine.families import FAMILIES, SERVED_FOR_S, served_key
 from engine.jobs import (
     Cancelled,
     Cold,
@@ -36,8 +43,10 @@ from engine.jobs import (
     Step,
     new_job_id,
 )
+from engine.presets import Preset
 from engine.queue.backends import open_store
 from engine.queue.eta import EtaModel
+from engine.queue.resilient import StoreFault, background, resilient
 from engine.queue.store import Limits, Store
 from engine.safety import SAFETY_REASONS, Verdict, placement, verdict_fields
 from engine.servers import ServerSettings
@@ -45,6 +54,8 @@ from engine.servers import ServerSettings
 log = logging.getLogger("engine.queue.service")
 
 FINAL_EVENTS = (Done, Failed, Cancelled)
+LOST = "The job queue restarted and lost this job; please send it again."
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FOLLOWERS_PER_TURN = 50   # followers brought up to date per event-loop turn by the watcher
 WAKE_CHECK_S = 0.02       # how often the watcher, waiting on the store, looks at this process's own wake-up
 
@@ -62,6 +73,7 @@ class _Follower:
     paused: bool = False
     preview_step: int = 0
     flagged_at: str = ""
+    job: Job | None = None    # the job as last seen
 
 
 def private_file(path: Path, data: bytes | None = None) -> None:
@@ -96,7 +108,8 @@ def _message_key(platform: str, chat: str | int, message_id: str | int) -> str:
 class JobService:
     def __init__(self, config: Config, store: Store | None = None, poll_interval_s: float = 0.1):
         self.config = config
-        self.store = store or open_store(config.storage.url)
+        # rescue: a SQLite file deleted under the running bot is saved back from the open database on close.
+        self.store = resilient(store or open_store(config.storage.url), rescue=True)
         self.poll_interval_s = poll_interval_s
         self.data_dir = Path(config.storage.data_dir)
         self._followers: dict[str, list[_Follower]] = {}
@@ -104,6 +117,7 @@ class JobService:
         self._watcher: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        self._full_since: float | None = None   # when saving an upload last failed for want of space
 
     # ---- lifecycle ----
 
@@ -118,13 +132,14 @@ class JobService:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
         self._seq = await self.store.get_meta("seq", 0) or 0  # follow changes from now on
-        self._watcher = asyncio.create_task(self._watch(), name="job-watcher")
+        self._watcher = asyncio.create_task(self._watch(), name="job-watcher", context=background())
 
     async def close(self) -> None:
         if self._watcher:
             # A flag, not only cancel(): wait_for() in Python 3.11 can swallow a cancellation.
             self._closing = True
             self._wake.set()
+            self.store.give_up()   # a store that is down is no longer waited for
             try:
                 await asyncio.wait_for(self._watcher, 5)
             except (TimeoutError, asyncio.CancelledError):
@@ -133,6 +148,22 @@ class JobService:
         await self.store.close()
 
     # ---- submitting ----
+
+    async def served_families(self) -> set[str]:
+        """Model families some worker has served (running, loading or restarting) in the last few minutes."""
+        now = time.time()
+        seen = {family: await self.store.get_meta(served_key(family), 0.0) for family in FAMILIES}
+        return {family for family, at in seen.items() if at and now - float(at) <= SERVED_FOR_S}
+
+    async def _check_served(self, preset: Preset) -> None:
+        """Refuse a preset whose model family no worker serves, while workers of another family do (with no
+        worker seen at all, the job waits in the queue for one, as after a full restart)."""
+        served = await self.served_families()
+        if served and preset.family not in served:
+            others = sorted(name for name, p in self.config.presets.items() if p.family in served)
+            raise UserError(f"No GPU here runs the '{preset.name}' preset right now (it needs an {preset.family} "
+                            f"model); try {', '.join(others)}.", "preset_unserved", preset=preset.name,
+                            family=preset.family, others=", ".join(others))
 
     def limits(self) -> Limits:
         q = self.config.queue
@@ -154,6 +185,7 @@ class JobService:
         if user in await self.store.get_meta("bans", {}):
             raise UserError("You are not allowed to use this bot here.", "banned")
         spec = self.config.preset(preset)
+        await self._check_served(spec)
         job = Job(
             id=new_job_id(), user=user, prompt_raw=prompt_raw, prompt=prompt if prompt is not None else prompt_raw,
             preset=spec.name, seed=secrets.randbelow(2**31) if seed is None else int(seed), image_path="",
@@ -167,7 +199,22 @@ class JobService:
             if placement(verdict.flagged, safety_rule) == "withhold":
                 await self._record_refusal(job, "nsfw_input")
         image_path = self.data_dir / "images" / f"{job.id}.png"
-        width, height = await asyncio.to_thread(self._save_image, image, image_path)
+        try:
+            width, height = await asyncio.to_thread(self._save_image, image, image_path)
+        except OSError as exc:
+            image_path.unlink(missing_ok=True)
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            if self._full_since is None:
+                self._full_since = time.monotonic()
+                log.warning("data folder %s is full (%s): new jobs are refused until there is space",
+                            self.data_dir, exc.strerror)
+            raise UserError("The server is out of disk space, so it cannot take new videos right now; "
+                            "please try again later.", "disk_full") from None
+        if self._full_since is not None:
+            log.warning("data folder has space again after %.1f s: taking new jobs",
+                        time.monotonic() - self._full_since)
+            self._full_since = None
         job.image_path, (job.width, job.height) = str(image_path), spec.size_for(width, height)
         limits = dataclasses.replace(self.limits(), jobs_per_hour=self.hourly_limit(jobs_per_hour))
         try:
@@ -426,8 +473,12 @@ class JobService:
     async def save_setting(self, key: str, value: Any) -> None:
         await self.store.set_meta(f"setting:{key}", value)
 
-    async def mark_delivered(self, job_id: str, **fields: Any) -> Job:
-        return await self.store.update(job_id, delivered=True, **fields)
+    async def mark_delivered(self, job_id: str, **fields: Any) -> Job | None:
+        """Note that the job's user has the outcome; None when its record is gone (deleted, or lost)."""
+        try:
+            return await self.store.update(job_id, delivered=True, **fields)
+        except KeyError:
+            return None
 
     async def undelivered(self, platform: str) -> list[Job]:
         """Jobs of a platform whose user has not yet been told the outcome: followed again after a restart."""
@@ -523,15 +574,19 @@ class JobService:
 
     # ---- following ----
 
-    async def events(self, job_id: str) -> AsyncIterator[Event]:
-        """Events of one job, starting with its current state, ending after its final event."""
-        follower = _Follower()
+    async def events(self, job_id: str, seen: Job | None = None) -> AsyncIterator[Event]:
+        """Events of one job, starting with its current state, ending after its final event. `seen`: the job as
+        the caller last saw it (just submitted); if its record is gone by now, the store lost it (`lost`)."""
+        follower = _Follower(job=seen)
         self._followers.setdefault(job_id, []).append(follower)
         try:
             job = await self.store.get(job_id)
-            if job is None:
+            if job is None and seen is None:
                 raise UserError("This job has expired or no longer exists.", "expired")
-            await self._emit_for(job, [follower])
+            if job is None:
+                self._lose(job_id, [follower])
+            else:
+                await self._emit_for(job, [follower])
             while True:
                 event = await follower.queue.get()
                 yield event
@@ -545,15 +600,51 @@ class JobService:
                 self._followers.pop(job_id, None)
 
     async def _watch(self) -> None:
+        """Runs in a `background()` context: a store outage is waited out inside the store's calls (and
+        logged there, once)."""
+        recoveries = self.store.recoveries
         while not self._closing:
             try:
+                await self.store.notice_restart()
                 await self._poll_once()
+                if self.store.recoveries != recoveries:
+                    recoveries = self.store.recoveries
+                    await self._resync()
             except asyncio.CancelledError:
                 raise
+            except StoreFault:
+                pass   # an orphaned or broken store refusing: already logged, nothing to tell
             except Exception:  # the watcher must outlive a passing store error
                 log.exception("job watcher poll failed")
             self._wake.clear()
             await self._wait_for_change()
+
+    async def _resync(self) -> None:
+        """After a store outage: notifications were missed, and the change counter may have gone back (a
+        Redis that lost its last writes numbers the next ones again). Follow the counter from where the store
+        is now, bring every followed job up to date from its record, and end a job whose record is gone."""
+        self._seq = await self.store.get_meta("seq", 0) or 0
+        for job_id, followers in list(self._followers.items()):
+            job = await self.store.get(job_id)
+            if job is not None:
+                await self._emit_for(job, followers)
+            else:
+                self._lose(job_id, followers)
+
+    def _lose(self, job_id: str, followers: list[_Follower]) -> None:
+        """A followed job whose record is gone: the store lost it. Its followers hear it failed (`lost`), and
+        its files, which nothing refers to any more, go."""
+        waiting = [f for f in followers if f.state is None or not f.state.final]   # not yet told an outcome
+        seen = next((f.job for f in waiting if f.job is not None), None)
+        if seen is None:
+            return
+        log.warning("job %s is gone from the store (lost with its last writes); telling its user", job_id)
+        lost = dataclasses.replace(seen, state=JobState.FAILED, error=LOST, error_key="lost",
+                                   finished_at=time.time())
+        self._remove_files(lost)
+        for f in waiting:
+            f.state = JobState.FAILED
+            f.queue.put_nowait(Failed(LOST, lost))
 
     async def _wait_for_change(self) -> None:
         """Until this process changed something (`_wake`), another one wrote to the store, or the poll interval
@@ -594,6 +685,7 @@ class JobService:
         # One ETA model per change, shared by every follower of a running job.
         model = await self.eta_model() if job.state == JobState.RUNNING else None
         for f in followers:
+            f.job = job
             for event in await self._diff(job, f, positions or {}, etas or {}, model, bool(paused)):
                 f.queue.put_nowait(event)
 

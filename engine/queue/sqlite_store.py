@@ -16,7 +16,7 @@ import os
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ CREATE INDEX IF NOT EXISTS messages_job ON messages(job);
 
 
 CHANGE_POLL_S = 0.01   # how often an idle waiter looks for another process's commit (wait_for_change)
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _is_locked(exc: Exception) -> bool:
@@ -85,19 +86,95 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()   # one transaction at a time on this connection
         self._seen_version: int | None = None   # data_version at the last wait_for_change
+        self._identity: tuple[int, int] | None = None   # (device, inode) of the file opened
+        # The file, opened once more to read its header (file_problem): kept open until the connection is
+        # closed, as closing a descriptor of the file would drop the locks SQLite holds on it for this process.
+        self._fd: int | None = None
 
     # ---- connection ----
 
     async def open(self) -> None:
+        await self.close()   # a try after a failed one starts clean
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        self._db.row_factory = aiosqlite.Row
-        await self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-        await self._retry(self._init_schema)
+        try:
+            self._db.row_factory = aiosqlite.Row
+            await self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            await self._retry(self._init_schema)
+        except BaseException:
+            await self.close()
+            raise
+        self._fd = os.open(self.path, os.O_RDONLY)
+        st = os.fstat(self._fd)
+        self._identity = (st.st_dev, st.st_ino)
         try:
             os.chmod(self.path, 0o600)
         except OSError:
             pass
+
+    def file_problem(self) -> tuple[str, str] | None:
+        """What is wrong with the file at `path`, if anything: ("orphaned", why) when it is not the database
+        this store has open (deleted, or another file put in its place: the open one goes on working, but
+        only this process sees it), ("broken", why) when its header is no longer SQLite's (overwritten: pages
+        SQLite still has cached or in its WAL would hide that for a while)."""
+        if self._identity is None or self._fd is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "orphaned", f"{self.path} was deleted"
+        except OSError:
+            return None   # unreadable for a moment: the next query says what is wrong
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "orphaned", f"{self.path} was replaced by another file"
+        try:
+            head = os.pread(self._fd, len(SQLITE_HEADER), 0)
+        except OSError as exc:
+            return "broken", f"{self.path}: {exc.strerror}"
+        if head != SQLITE_HEADER:
+            return "broken", f"{self.path} is corrupted (no SQLite header)"
+        return None
+
+    async def integrity_problem(self) -> str | None:
+        """What a fresh look finds wrong with the database, None when it is sound: a new connection (SQLite's
+        own, so this process keeps its locks) runs `PRAGMA quick_check`. For a store that met corruption:
+        whether it has been restored."""
+        def check() -> str | None:
+            if not self.path.exists():
+                return f"{self.path} is missing"
+            try:
+                con = sqlite3.connect(self.path, timeout=self.busy_timeout_s)
+                try:
+                    row = con.execute("PRAGMA quick_check(1)").fetchone()
+                finally:
+                    con.close()
+            except sqlite3.Error as exc:
+                return f"{self.path}: {exc}"
+            return None if row and row[0] == "ok" else f"{self.path}: {row[0] if row else 'no answer'}"
+        return await asyncio.to_thread(check)
+
+    async def save_and_close(self) -> Path:
+        """Copy the open database to a new file, then close: for a database whose file was deleted or replaced
+        while it was open (`file_problem`), so what it held is kept. The copy takes `path` when nothing is
+        there (a restart then goes on from it), else `<path>.saved-<UTC time>`. Returns where it went."""
+        tmp = self.path.with_name(f"{self.path.name}.saving-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        await self.db.execute("VACUUM INTO ?", (str(tmp),))   # the WAL's pages included
+        await self.close()
+        os.chmod(tmp, 0o600)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if self.path.exists():
+            target = self.path.with_name(f"{self.path.name}.saved-{stamp}")
+        else:
+            target = self.path
+            # SQLite leaves the deleted database's WAL and shared-memory files behind; opened beside the copy,
+            # that WAL would be replayed onto it. They are kept, under another name.
+            for suffix in ("-wal", "-shm"):
+                stale = Path(f"{self.path}{suffix}")
+                if stale.exists():
+                    os.replace(stale, Path(f"{self.path}{suffix}.orphaned-{stamp}"))
+        os.replace(tmp, target)
+        return target
 
     async def _init_schema(self) -> None:
         await self.db.execute("PRAGMA journal_mode=WAL")
@@ -106,8 +183,12 @@ class SQLiteStore:
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.close()
-            self._db = None
+            db, self._db, self._identity = self._db, None, None
+            with contextlib.suppress(sqlite3.Error):   # a corrupted file may refuse its final checkpoint
+                await db.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -208,12 +289,15 @@ class SQLiteStore:
             return await self._save(job)
         return await self._write(tx)
 
-    async def claim(self, worker: str) -> Job | None:
-        """Atomically take the next job in fair order, unless the queue is paused."""
+    async def claim(self, worker: str, presets: Collection[str] | None = None) -> Job | None:
+        """Atomically take the next job in fair order (of the given presets only: those the worker's model
+        renders), unless the queue is paused."""
         async def tx():
             if await self._get_meta("paused", False):
                 return None
             queued = await self._select("SELECT data FROM jobs WHERE state='queued'")
+            if presets is not None:
+                queued = [job for job in queued if job.preset in presets]
             if not queued:
                 return None
             job = fair_order(queued, await self._last_served())[0]

@@ -3,6 +3,11 @@
 The model is loaded once and kept warm. The render runs in a thread; the event loop beside it keeps the
 lease alive (heartbeats), writes progress a few times a second, and turns a cancel in the store into a
 stop at the next step boundary.
+
+The worker waits out a store outage (`engine.queue.resilient`, logged once per outage) instead of exiting:
+the render in hand goes on, its progress and result are written when the store is back, and a preview that
+cannot be stored meanwhile is skipped. A job whose record is gone when the store comes back (deleted, or lost
+by a Redis killed before it wrote its last second) is dropped.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import ModelError, UserError
+from engine.families import family_of_model, served_key
 from engine.jobs import Job, JobState
 from engine.queue.backends import is_redis_url, open_store
+from engine.queue.resilient import StoreFault, store_patience
+from engine.queue.resilient import resilient as resilient_store
 from engine.queue.store import Store, shape_key
 from engine.safety import SAFETY_REASONS, Gate, Verdict, placement, verdict_fields
 
@@ -57,8 +65,11 @@ class Worker:
                  exclusive: bool | None = None, worker_id: str | None = None, renderer=None,
                  gate: Gate | None = None):
         self.config = config
-        self.store = store or open_store(config.storage.url)
+        self.store = resilient_store(store or open_store(config.storage.url))
         self.model_spec = model or config.engine.model
+        # The presets this worker renders: those of its model's family. It claims only their jobs.
+        self.family = family_of_model(self.model_spec)
+        self.presets = sorted(name for name, p in config.presets.items() if p.family == self.family)
         # One SQLite file means one machine and one GPU: a second worker there is a mistake.
         self.exclusive = exclusive if exclusive is not None else not is_redis_url(config.storage.url)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -75,10 +86,19 @@ class Worker:
         self._shutdown = True
         self._cancel.set()
         self._stop.set()
+        self.store.give_up()   # a store that is down is no longer waited for
 
     # ---- lifecycle ----
 
     async def run(self) -> None:
+        with store_patience(None):   # a store outage is waited out, by every task started from here too
+            try:
+                await self._run()
+            except StoreFault:
+                if not self._shutdown:
+                    raise   # told to stop while the store was down: what it could not write is recovered later
+
+    async def _run(self) -> None:
         await self.store.open()
         try:
             await self._clear_dead_local_leases()
@@ -138,18 +158,22 @@ class Worker:
         while True:
             try:
                 await self.store.heartbeat(self.id, self.state)
+                # From the start (loading counts): the bot refuses only jobs of a family nobody serves.
+                await self.store.set_meta(served_key(self.family), time.time())
                 # Several workers (Redis): any live one takes back the jobs of a worker whose lease expired.
                 if not self.exclusive and time.monotonic() - last_recover >= RECOVER_EVERY_S:
                     last_recover = time.monotonic()
                     for job in await self.store.recover():
                         log.info("job %s of a stopped worker recovered: now %s", job.id, job.state)
+            except StoreFault:
+                pass   # stopping while the store is down (give_up): the outage is logged already
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _serve(self) -> None:
         while not self._stop.is_set():
-            job = await self.store.claim(self.id)
+            job = await self.store.claim(self.id, self.presets)
             if job is None and self._warming():
                 await asyncio.to_thread(self.renderer.warm_up.step)   # one bucket: seconds with a warm cache
                 continue
@@ -173,8 +197,20 @@ class Worker:
     # ---- one job ----
 
     async def process(self, job: Job) -> Job | None:
-        """Render one claimed job and return it as stored; None if another worker took it over and it has
-        since been deleted."""
+        """Render one claimed job and return it as stored; None if its record is gone (deleted after another
+        worker took it over, or lost by the store)."""
+        try:
+            return await self._process(job)
+        except KeyError as exc:
+            if exc.args[:1] != (job.id,):
+                raise
+            log.warning("job %s is gone from the store (deleted, or lost with the store's last writes); "
+                        "dropping it", job.id)
+            for name in (f"{job.id}.mp4", f"{job.id}.clip.mp4"):
+                (self.results_dir / name).unlink(missing_ok=True)
+            return None
+
+    async def _process(self, job: Job) -> Job | None:
         from engine.render.memory import free_memory, gpu_peak_bytes, is_oom
         from engine.render.sampler import RenderCancelled
 
@@ -207,9 +243,9 @@ class Worker:
         except UserError as exc:
             return await self._fail(job, str(exc))
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return await self._fail(job, "The server ran out of disk space while saving your video; "
-                                             "please try again later.")
+                                             "please try again later.", "result_disk_full")
             log.exception("job %s failed", job.id)
             return await self._fail(job, "The server could not save your video; please try again.")
         except Exception as exc:
@@ -317,9 +353,18 @@ class Worker:
         from engine.media.preview import preview_gif
         from engine.render.preview import PreviewTimer
 
-        fps = self.config.presets[job.preset].fps
+        preset = self.config.presets[job.preset]
         gate = self.gate if self.gate is not None and self.gate.checks("preview") else None
         blocked = False
+
+        async def now_or_never(call) -> bool:
+            """A preview's store write, only while the store works: the render never waits for it."""
+            with store_patience(0):
+                try:
+                    await call
+                except (StoreFault, KeyError):
+                    return False
+            return True
 
         def deliver(step: int, frames) -> None:
             nonlocal blocked
@@ -327,13 +372,14 @@ class Worker:
                 return
             if gate is not None and (verdict := gate.check("preview", [frames[-1]])) and verdict.flagged:
                 # Kept on the job before the preview is stored: the bot then shows it behind a spoiler, or
-                # (withheld) removes the previews shown so far.
-                asyncio.run_coroutine_threadsafe(self._judged(job.id, verdict), loop).result(30)
-                if placement(True, job.safety_rule) == "withhold":
+                # (withheld) removes the previews shown so far. Unkept, no preview goes out at all.
+                kept = asyncio.run_coroutine_threadsafe(now_or_never(self._judged(job.id, verdict)), loop)
+                if not kept.result(30) or placement(True, job.safety_rule) == "withhold":
                     blocked = True
                     return
-            data = preview_gif(frames, fps)
-            asyncio.run_coroutine_threadsafe(self.store.put_preview(job.id, step, data), loop).result(30)
+            data = preview_gif(frames, preset.preview_fps(len(frames)))
+            stored = now_or_never(self.store.put_preview(job.id, step, data))
+            asyncio.run_coroutine_threadsafe(stored, loop).result(30)
 
         return PreviewTimer(every_s, deliver)
 
@@ -388,12 +434,17 @@ class Worker:
                     fields.update(step=progress.step, total_steps=progress.total,
                                   step_at=progress.step_at)
                     progress.written_step = progress.step
-                current = await self.store.update(job.id, **fields) if fields else await self.store.get(job.id)
+                try:
+                    current = await self.store.update(job.id, **fields) if fields else await self.store.get(job.id)
+                except KeyError:   # gone: deleted, or lost by the store
+                    current = None
                 last_write = time.monotonic()
                 if current is not None and current.worker not in ("", self.id):
                     progress.lost = True
                 if current is None or current.cancel_requested or progress.lost:
                     self._cancel.set()
+            except StoreFault:
+                pass
             except Exception:
                 log.exception("progress write failed for job %s", job.id)
 

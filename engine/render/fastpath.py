@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from engine.config import EngineConfig
-from engine.render.model import ModelParts
+from engine.render.model import ModelParts, Parts
 
 log = logging.getLogger("engine.render.fastpath")
 
@@ -112,9 +112,17 @@ def compile_cache_key(device: torch.device) -> str:
 # ---------------------------------------------------------------- building
 
 
-def accelerate(parts: ModelParts, options: FastPathOptions) -> ModelParts:
+def accelerate(parts: Parts, options: FastPathOptions) -> Parts:
     """Apply the options. Fusing, fp8 and channels-last change the networks in place; the returned parts run
-    the UNet (and with compile_vae the VAE decoder) through a compiled twin once warm_up has seen a shape."""
+    the UNet (and with compile_vae the VAE decoder) through a compiled twin once warm_up has seen a shape.
+    LTX-Video's transformer gets the compiled twin only (the other options are I2VGen-XL's)."""
+    if not isinstance(parts, ModelParts):
+        if options.compile:
+            _prepare_compile(options)
+            pipe = parts.pipe
+            if not isinstance(pipe.transformer, WarmCompiled):
+                pipe.transformer = WarmCompiled(pipe.transformer, options)
+        return parts
     if options.fuse_qkv:
         fuse_qkv(parts.unet)
     if options.fp8:
@@ -124,19 +132,23 @@ def accelerate(parts: ModelParts, options: FastPathOptions) -> ModelParts:
         to_channels_last(parts.vae)
     if not options.compile:
         return parts
-    if options.backend == "inductor":
-        configure_compile_cache(options.cache_dir)
-    _raise_recompile_limit()
+    _prepare_compile(options)
     unet = parts.unet if isinstance(parts.unet, WarmCompiled) else WarmCompiled(parts.unet, options)
     if options.compile_vae and not isinstance(parts.vae.decoder, WarmCompiled):
         parts.vae.decoder = WarmCompiled(parts.vae.decoder, options)
     return dataclasses.replace(parts, unet=unet)
 
 
-def decode_chunk_policy(parts: ModelParts, engine_cfg: EngineConfig) -> Callable[[int, int, int], int] | None:
+def _prepare_compile(options: FastPathOptions) -> None:
+    if options.backend == "inductor":
+        configure_compile_cache(options.cache_dir)
+    _raise_recompile_limit()
+
+
+def decode_chunk_policy(parts: Parts, engine_cfg: EngineConfig) -> Callable[[int, int, int], int] | None:
     """On CUDA, frames decoded at once: within vae_memory_budget_gib and at most decode_chunk_size.
-    None on the CPU (the renderer's fixed decode_chunk_size)."""
-    if parts.device.type != "cuda":
+    None on the CPU (the renderer's fixed decode_chunk_size) and for LTX-Video (its pipeline decodes)."""
+    if parts.device.type != "cuda" or not isinstance(parts, ModelParts):
         return None
     budget = float(engine_cfg.vae_memory_budget_gib)
     cap = max(1, int(engine_cfg.decode_chunk_size))
@@ -192,7 +204,7 @@ def fp8_unavailable(device: torch.device) -> str:
     try:
         import torchao  # noqa: F401
     except ImportError:
-        return "fp8 needs torchao: pip install -e '.[gpu]'"
+        return "fp8 needs torchao (a dependency of this project: reinstall it)"
     return ""
 
 
@@ -324,13 +336,16 @@ def _no_new_compiles() -> Iterator[None]:
         yield
 
 
-def compiled_modules(parts: ModelParts) -> list[WarmCompiled]:
-    found = [parts.unet, getattr(parts.vae, "decoder", None)]
+def compiled_modules(parts: Parts) -> list[WarmCompiled]:
+    if isinstance(parts, ModelParts):
+        found = [parts.unet, getattr(parts.vae, "decoder", None)]
+    else:
+        found = [parts.pipe.transformer]
     return [m for m in found if isinstance(m, WarmCompiled)]
 
 
 @contextmanager
-def learning(parts: ModelParts) -> Iterator[list[WarmCompiled]]:
+def learning(parts: Parts) -> Iterator[list[WarmCompiled]]:
     """Within this block, compiled networks compile (and from then on run compiled) every shape they see."""
     modules = compiled_modules(parts)
     for m in modules:

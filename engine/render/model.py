@@ -9,7 +9,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import torch
 import transformers
@@ -24,6 +24,10 @@ from transformers import (
 )
 
 from engine.errors import ModelError, first_line
+from engine.families import I2VGEN_XL, LTX_VIDEO, family_of_model
+
+if TYPE_CHECKING:
+    from engine.render.ltx import LTXParts
 
 ALLOW_CPU_FULL_ENV = "ENGINE_ALLOW_CPU_FULL"
 # A UNet below this many parameters is a test-size model that runs fine on a CPU.
@@ -65,6 +69,7 @@ class ModelParts:
     name: str
     # Models stay on the CPU and visit the GPU one at a time (cards with little memory).
     low_vram: bool = False
+    family: ClassVar[str] = I2VGEN_XL
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder,
@@ -72,6 +77,10 @@ class ModelParts:
 
     def parameter_count(self) -> int:
         return sum(p.numel() for m in self.modules().values() for p in m.parameters())
+
+
+# The networks of either family (engine/families.py): ModelParts for I2VGen-XL, LTXParts for LTX-Video.
+Parts = Union[ModelParts, "LTXParts"]
 
 
 # ---------------------------------------------------------------- configs
@@ -253,12 +262,16 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def load_model(spec: str, device: str = "auto", low_vram: bool | None = False) -> ModelParts:
-    """spec: "tiny", a local folder with the diffusers I2VGen-XL layout, or a hub id. fp16 on CUDA, fp32 on CPU.
-    low_vram keeps the networks on the CPU between uses; None decides by the card's memory."""
+def load_model(spec: str, device: str = "auto", low_vram: bool | None = False) -> Parts:
+    """spec: "tiny", "tiny-ltx", "random-full", "random-full-ltx", a local folder with a diffusers I2VGen-XL or
+    LTX-Video layout, or a hub id (engine.families.family_of_model tells which). fp16 on CUDA (bf16 for
+    LTX-Video), fp32 on CPU. low_vram keeps the networks on the CPU between uses; None decides by the card's
+    memory."""
     dev = resolve_device(device)
     if low_vram is None:
         low_vram = dev.type == "cuda" and torch.cuda.get_device_properties(dev).total_memory < LOW_VRAM_BYTES
+    if family_of_model(spec) == LTX_VIDEO:
+        return _load_ltx(spec, dev, bool(low_vram))
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     if spec == "tiny":
         parts = build_tiny()
@@ -267,6 +280,22 @@ def load_model(spec: str, device: str = "auto", low_vram: bool | None = False) -
     else:
         parts = _load_pretrained(spec, dev, dtype)
     return place(parts, dev, dtype, low_vram=low_vram and dev.type == "cuda")
+
+
+def _load_ltx(spec: str, device: torch.device, low_vram: bool) -> LTXParts:
+    from engine.render import ltx
+
+    if spec == "tiny-ltx":
+        parts = ltx.build_tiny_ltx()
+    elif spec == "random-full-ltx":
+        parts = ltx.build_random_full_ltx(device)
+    else:
+        folder = Path(spec).expanduser()
+        if device.type != "cuda" and os.environ.get(ALLOW_CPU_FULL_ENV) != "1" and not folder.is_dir():
+            raise ModelError(f"Model {spec} is full size and needs a CUDA GPU (set {ALLOW_CPU_FULL_ENV}=1 to run "
+                             "it on the CPU anyway, very slowly).")
+        parts = ltx.load_ltx(spec, device, {"local_files_only": True} if _offline() else {})
+    return ltx.place_ltx(parts, device, low_vram and device.type == "cuda")
 
 
 def place(parts: ModelParts, device: torch.device, dtype: torch.dtype, low_vram: bool = False) -> ModelParts:

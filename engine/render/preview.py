@@ -73,9 +73,12 @@ class PreviewTimer:
         return self._busy is None or self._busy.done()
 
     def offer(self, step: int, x0: torch.Tensor) -> None:
-        """On the sampling thread: project to colours (cheap), then hand the frames to the encoder."""
+        """On the sampling thread: project I2VGen-XL's clean estimate to colours (cheap), then encode it."""
+        self.offer_frames(step, latents_to_rgb(x0))
+
+    def offer_frames(self, step: int, frames: np.ndarray) -> None:
+        """On the sampling thread: hand frames a family made itself (LTX-Video decodes) to the encoder."""
         self._last = self._clock()
-        frames = latents_to_rgb(x0)
         with self._lock:
             self._busy = self._pool.submit(self._run, step, frames)
 

@@ -13,7 +13,7 @@ import PIL.Image
 
 from engine.presets import Preset
 from engine.render.memory import OOM_ERRORS, free_memory
-from engine.render.model import ModelParts
+from engine.render.model import ModelParts, Parts
 from engine.render.sampler import PreviewSink, center_crop_wide, sample
 from engine.render.turbo import StepPlan
 
@@ -36,8 +36,8 @@ class Renderer:
     (a memory budget); otherwise every render decodes decode_chunk_size frames at a time. fp8_parts, when
     given, render the presets that ask for fp8 (the same networks but a float8 UNet)."""
 
-    def __init__(self, parts: ModelParts, decode_chunk_size: int = 8,
-                 decode_chunk: Callable[[int, int, int], int] | None = None, fp8_parts: ModelParts | None = None):
+    def __init__(self, parts: Parts, decode_chunk_size: int = 8,
+                 decode_chunk: Callable[[int, int, int], int] | None = None, fp8_parts: Parts | None = None):
         self.parts = parts
         self.decode_chunk_size = decode_chunk_size
         self.decode_chunk = decode_chunk
@@ -50,7 +50,7 @@ class Renderer:
             return False
         return self.warm_up.cold(preset, *preset.size_for(image_width, image_height))
 
-    def parts_for(self, preset: Preset) -> ModelParts:
+    def parts_for(self, preset: Preset) -> Parts:
         return self.fp8_parts if preset.fp8 and self.fp8_parts is not None else self.parts
 
     def decode_chunk_for(self, width: int, height: int, frames: int) -> int:
@@ -100,15 +100,29 @@ class Renderer:
             if on_step is not None:
                 on_step(step, total, elapsed)
 
-        frames = sample(
-            self.parts_for(preset), fitted, prompt, negative_prompt,
-            steps=preset.steps, scheduler=preset.scheduler, guidance=preset.guidance, frames=preset.frames,
-            width=width, height=height, seed=seed, fps=preset.fps,
+        frames = sample_preset(
+            self.parts_for(preset), fitted, prompt, negative_prompt, preset, width, height, seed,
             on_step=record_step, should_cancel=should_cancel, step_hook=step_hook, previews=previews,
             decode_chunk_size=self.decode_chunk_for(width, height, preset.frames),
-            plan=StepPlan.for_preset(preset),
         )
         return RenderResult(
             frames=frames, fps=preset.fps, preset=preset, fell_back=fell_back, width=width, height=height,
             steps=preset.steps, seconds=time.perf_counter() - start, step_seconds=step_seconds,
         )
+
+
+def sample_preset(parts: Parts, image: PIL.Image.Image, prompt: str, negative_prompt: str, preset: Preset,
+                  width: int, height: int, seed: int, steps: int | None = None, plan: StepPlan | None = None,
+                  **hooks: Any) -> np.ndarray:
+    """One render of a preset by the sampler of the parts' family (steps and plan: the preset's unless given).
+    A preset of another family is refused: the worker never claims one."""
+    if preset.family != parts.family:
+        raise ValueError(f"preset {preset.name} is for {preset.family}; this model is {parts.family}")
+    common = dict(steps=steps or preset.steps, guidance=preset.guidance, frames=preset.frames, width=width,
+                  height=height, seed=seed, fps=preset.fps, **hooks)
+    if not isinstance(parts, ModelParts):
+        from engine.render.ltx import sample_ltx
+
+        return sample_ltx(parts, image, prompt, negative_prompt, **common)
+    return sample(parts, image, prompt, negative_prompt, scheduler=preset.scheduler,
+                  plan=plan if steps else StepPlan.for_preset(preset), **common)

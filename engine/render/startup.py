@@ -37,9 +37,8 @@ from engine.render.fastpath import (
     learning,
     options_from_config,
 )
-from engine.render.model import ModelParts
-from engine.render.renderer import Renderer
-from engine.render.sampler import sample
+from engine.render.model import ModelParts, Parts
+from engine.render.renderer import Renderer, sample_preset
 from engine.render.turbo import StepPlan, deep_cache
 
 log = logging.getLogger("engine.render.startup")
@@ -48,11 +47,12 @@ WARM_UP_STEPS = 2
 ARTIFACTS_FILE = "portable-cache.bin"
 
 
-def build_renderer(parts: ModelParts, engine_cfg: EngineConfig, presets: dict[str, Preset], data_dir: str | Path,
+def build_renderer(parts: Parts, engine_cfg: EngineConfig, presets: dict[str, Preset], data_dir: str | Path,
                    warm: bool | Iterable[str] = True, serve_early: bool = False) -> Renderer:
-    """The worker's renderer. With compile on, warm buckets of `warm` (True: every preset users pick, see
-    warm_presets): all of them now, or with serve_early only the first, leaving the rest in
-    renderer.warm_up for the worker to run between jobs."""
+    """The worker's renderer for the presets of its model's family. With compile on, warm buckets of `warm`
+    (True: every preset users pick, see warm_presets): all of them now, or with serve_early only the first,
+    leaving the rest in renderer.warm_up for the worker to run between jobs."""
+    presets = {name: p for name, p in presets.items() if p.family == parts.family}
     options = options_from_config(engine_cfg, parts.device, data_dir)
     if parts.low_vram and options.cuda_graphs:
         # Offloading moves the weights between calls; captured graphs would point at the old addresses.
@@ -61,15 +61,16 @@ def build_renderer(parts: ModelParts, engine_cfg: EngineConfig, presets: dict[st
     if artifacts is not None:
         artifacts.load()   # before anything compiles
     fast = accelerate(parts, options)
-    fp8_parts = _fp8_parts(fast, options, presets)
+    fp8_parts = _fp8_parts(fast, options, presets) if isinstance(fast, ModelParts) else None
     for unet_parts in filter(None, (fast, fp8_parts)):
         for preset in presets.values():
-            if preset.deep_cache_interval > 1:
+            if preset.deep_cache_interval > 1 and isinstance(unet_parts, ModelParts):
                 deep_cache(unet_parts.unet, preset.deep_cache_branch)   # a wrong branch fails here, at start
     renderer = Renderer(fast, decode_chunk_size=engine_cfg.decode_chunk_size,
                         decode_chunk=decode_chunk_policy(fast, engine_cfg), fp8_parts=fp8_parts)
     if options.compile and warm:
-        enabled = list(warm) if not isinstance(warm, bool) else warm_presets(presets, engine_cfg)
+        chosen = list(warm) if not isinstance(warm, bool) else warm_presets(presets, engine_cfg)
+        enabled = [name for name in chosen if name in presets]
         renderer.warm_up = WarmUp(renderer, presets, enabled, options.cache_dir, artifacts)
         renderer.warm_up.run(limit=1 if serve_early else None)
     return renderer
@@ -164,8 +165,8 @@ class WarmUp:
     def _failed(self, exc: Exception) -> None:
         log.warning("compile warm-up failed (attempt %d): %s: %s", self.attempt, type(exc).__name__,
                     first_line(exc))
-        for parts in filter(None, (self.renderer.parts, self.renderer.fp8_parts)):
-            for module in compiled_modules(parts):
+        for parts in (self.renderer.parts, self.renderer.fp8_parts):
+            for module in compiled_modules(parts) if parts is not None else ():
                 module.warm_keys.clear()   # shapes never warmed run eagerly
         torch._dynamo.reset()
         self.times.clear()
@@ -187,7 +188,7 @@ def warm_up(renderer_or_parts: Renderer | ModelParts, presets: dict[str, Preset]
     keyed "preset aspect WxHxF"; {} when nothing is compiled."""
     if isinstance(renderer_or_parts, Renderer):
         renderer = renderer_or_parts
-    else:
+    else:  # I2VGen-XL parts
         defaults = EngineConfig()
         renderer = Renderer(renderer_or_parts, defaults.decode_chunk_size,
                             decode_chunk_policy(renderer_or_parts, defaults))
@@ -238,15 +239,14 @@ def warm_plan(preset: Preset, steps: int = WARM_UP_STEPS) -> tuple[int, StepPlan
                            2 if plan.interval > 1 else 1, plan.branch)
 
 
-def warm_bucket(parts: ModelParts, preset: Preset, width: int, height: int, decode_chunk: int,
+def warm_bucket(parts: Parts, preset: Preset, width: int, height: int, decode_chunk: int,
                 steps: int = WARM_UP_STEPS) -> float:
     """Seconds to render one bucket while the compiled networks learn its shapes (compiling if needed)."""
     steps, plan = warm_plan(preset, steps)
     start = time.perf_counter()
     with learning(parts):
-        sample(parts, warm_image(width, height), "warm-up", "", steps=steps, scheduler=preset.scheduler,
-               guidance=preset.guidance, frames=preset.frames, width=width, height=height, seed=0,
-               fps=preset.fps, decode_chunk_size=decode_chunk, plan=plan)
+        sample_preset(parts, warm_image(width, height), "warm-up", "", preset, width, height, 0, steps=steps,
+                      plan=plan, decode_chunk_size=decode_chunk)
     if parts.device.type == "cuda":
         torch.cuda.synchronize(parts.device)
     return time.perf_counter() - start

@@ -53,6 +53,14 @@ Gateway
     for an unknown session). ``compress=zlib-stream`` (what discord.py asks for by default) is implemented
     as a real zlib stream with Z_SYNC_FLUSH per message; ``zstd-stream`` is used when ``zstandard`` is
     importable, plain text frames otherwise. ``send_reconnect()`` sends op 7 to exercise RESUME.
+    Dropped connections, as when Discord restarts a gateway node: ``drop_gateway(code=4000, hold_s=0)``
+    closes every live connection with a close code that allows RESUME (4000 "unknown error"; ``code=None``
+    cuts the TCP connection without a close frame), and answers new connections with 503 for ``hold_s``. The
+    sessions stay resumable: dispatches meanwhile (an interaction sent before the client is back) are kept
+    in the session and replayed on RESUME, before RESUMED.
+    ``invalidate_sessions()`` sends op 9 INVALID_SESSION with ``d: false`` and forgets the sessions: the
+    client must IDENTIFY anew (a RESUME of a forgotten session gets op 9 again); ``identifies`` counts
+    IDENTIFYs, ``GatewaySession.resumes`` the RESUMEs of a session.
     Messages the bot creates, edits or deletes are echoed as MESSAGE_CREATE / UPDATE / DELETE (not for
     ephemeral ones) when the client asked for the matching intent.
 
@@ -467,6 +475,7 @@ class _GatewayConnection:
         self.compress = compress
         self.session: GatewaySession | None = None
         self.ready = False  # READY (and GUILD_CREATE) or RESUMED sent: dispatches may follow
+        self.transport: Any = None  # the TCP transport, to cut the connection abruptly
         self._lock = asyncio.Lock()
         self._zlib = zlib.compressobj() if compress == "zlib-stream" else None
         self._zstd = _zstd_compressor() if compress == "zstd-stream" else None
@@ -631,6 +640,9 @@ class FakeDiscord:
         self.gateway_events: list[dict[str, Any]] = []
         self.gateway_received: list[dict[str, Any]] = []
         self.gateway_sessions: dict[str, GatewaySession] = {}
+        self.identifies = 0
+        self._gateway_down_until = 0.0
+        self._detached: set[str] = set()  # sessions whose connection dropped, not resumed yet
         self.server_errors: list[BaseException] = []
         self.tokens: dict[str, int] = {}  # interaction token -> interaction id
         self._connections: list[_GatewayConnection] = []
@@ -1737,13 +1749,16 @@ class FakeDiscord:
 
     # ------------------------------------------------------------------ gateway
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if time.monotonic() < self._gateway_down_until:
+            return web.Response(status=503, text="gateway restarting")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         if request.query.get("encoding", "json") != "json":
             await ws.close(code=4002, message=b"only json encoding is supported")
             return ws
         conn = _GatewayConnection(ws, request.query.get("compress"))
+        conn.transport = request.transport
         self._connections.append(conn)
         try:
             await conn.send({"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
@@ -1757,6 +1772,8 @@ class FakeDiscord:
                     self.server_errors.append(error)
         finally:
             self._connections.remove(conn)
+            if conn.session is not None and conn.session.id in self.gateway_sessions:
+                self._detached.add(conn.session.id)   # resumable, as on Discord
             self._notify()
         return ws
 
@@ -1777,6 +1794,7 @@ class FakeDiscord:
         if data.get("token") != self.token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
+        self.identifies += 1
         shard_id, shard_count = data.get("shard") or (0, 1)
         shard = (int(shard_id), int(shard_count))
         session = GatewaySession(
@@ -1840,6 +1858,7 @@ class FakeDiscord:
             return
         conn.session = session
         session.resumes += 1
+        self._detached.discard(session.id)
         since = int(data.get("seq") or 0)
         for event in [e for e in session.log if e["s"] > since]:
             await conn.send(event)
@@ -1869,11 +1888,23 @@ class FakeDiscord:
 
     async def _send_dispatch(self, conn: _GatewayConnection, event: str, data: dict[str, Any]) -> None:
         assert conn.session is not None
-        conn.session.seq += 1
-        message = {"op": OP_DISPATCH, "t": event, "s": conn.session.seq, "d": data}
-        conn.session.log.append(message)
+        await conn.send(self._log_dispatch(conn.session, event, data))
+
+    def _log_dispatch(self, session: GatewaySession, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        session.seq += 1
+        message = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+        session.log.append(message)
         self.gateway_events.append(message)
-        await conn.send(message)
+        return message
+
+    def _detached_session_for(self, guild_id: int | None) -> GatewaySession | None:
+        """A resumable session (its connection dropped) that receives events for ``guild_id``."""
+        for session_id in self._detached:
+            session = self.gateway_sessions.get(session_id)
+            if session is not None and (session.shard[0] == 0 if guild_id is None
+                                        else self._owns_guild(session, guild_id)):
+                return session
+        return None
 
     def _connection_for(self, guild_id: int | None) -> _GatewayConnection | None:
         """The live connection whose shard receives events for ``guild_id`` (DMs go to shard 0)."""
@@ -1909,6 +1940,30 @@ class FakeDiscord:
         """Send op 7 RECONNECT on every live connection; discord.py then RESUMEs on a new socket."""
         for conn in [c for c in self._connections if c.live]:
             await conn.send({"op": OP_RECONNECT, "d": None})
+
+    async def drop_gateway(self, code: int | None = 4000, hold_s: float = 0.0) -> None:
+        """Close every live connection with ``code`` (one that allows RESUME, e.g. 4000), or abruptly (None:
+        the TCP connection is cut, no close frame), and refuse new ones for ``hold_s``. Their sessions stay
+        resumable."""
+        self._gateway_down_until = time.monotonic() + hold_s
+        for conn in [c for c in self._connections if c.live]:
+            conn.ready = False
+            assert conn.session is not None
+            self._detached.add(conn.session.id)
+            if code is None:
+                conn.transport.abort()
+            else:
+                await conn.ws.close(code=code, message=b"fake discord: gateway restarting")
+
+    async def invalidate_sessions(self) -> None:
+        """Op 9 INVALID_SESSION (``d: false``, not resumable) on every live connection, as Discord sends when
+        it ends a session: the sessions are forgotten and the client must IDENTIFY again."""
+        for conn in [c for c in self._connections if c.live]:
+            conn.ready = False
+            assert conn.session is not None
+            self.gateway_sessions.pop(conn.session.id, None)
+            self._detached.discard(conn.session.id)
+            await conn.send({"op": OP_INVALID_SESSION, "d": False})
 
     async def dispatch_event(self, event: str, data: dict[str, Any], guild_id: int | None = None) -> None:
         """Send any gateway dispatch (no intent filtering), waiting for a connection if needed."""
@@ -1973,7 +2028,8 @@ class FakeDiscord:
 
     async def _send_interaction(self, payload: dict[str, Any]) -> InteractionRecord:
         guild_id = int(payload["guild_id"]) if "guild_id" in payload else None
-        conn = await self._await_connection(guild_id)
+        detached = self._detached_session_for(guild_id) if self._connection_for(guild_id) is None else None
+        conn = None if detached is not None else await self._await_connection(guild_id)
         record = InteractionRecord(
             id=int(payload["id"]),
             token=payload["token"],
@@ -1985,7 +2041,11 @@ class FakeDiscord:
         self.interactions[record.id] = record
         self.callbacks[record.id] = record.callbacks
         self.tokens[record.token] = record.id
-        await self._send_dispatch(conn, "INTERACTION_CREATE", payload)
+        if conn is not None:
+            await self._send_dispatch(conn, "INTERACTION_CREATE", payload)
+        else:   # the client is reconnecting: it gets this when it resumes the session
+            assert detached is not None
+            self._log_dispatch(detached, "INTERACTION_CREATE", payload)
         self._notify()
         return record
 

@@ -74,6 +74,9 @@ Faults and limits
     without side effects; 429 carries `parameters.retry_after` (python-telegram-bot raises RetryAfter).
     `delay_next(method, seconds, times=1)`: answer late, for client timeouts; the request is still carried
     out after the delay, as Telegram does when a client gives up waiting.
+    `fake.other_instance = True` plays a second bot process polling with the same token: every getUpdates
+    is then terminated at once with 409 "Conflict: terminated by other getUpdates request; make sure that only
+    one bot instance is running", as Telegram answers while two instances poll; False ends it.
     `FakeTelegram(edit_limit_per_minute=N)` answers 429 to edits beyond N per chat in a rolling minute;
     `edits_per_minute(chat_id)` counts accepted edits in the last minute either way. Pass `clock=` to
     control that minute in tests.
@@ -121,6 +124,9 @@ CAPTION_LIMIT = 1024
 CALLBACK_DATA_LIMIT = 64
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = 50 * 1024 * 1024
+CONFLICT = (
+    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+)
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are exactly "
     "the same as a content and reply markup of the current message"
@@ -643,6 +649,7 @@ class FakeTelegram:
         self._closing = asyncio.Event()
         self._poll_generation = 0
         self.waiting_polls = 0
+        self.other_instance = False
         self._runner: web.AppRunner | None = None
         self.port = port
 
@@ -1078,6 +1085,8 @@ class FakeTelegram:
     async def _api_getupdates(
         self, params: dict[str, Any], files: dict[str, UploadedFile]
     ) -> list[dict[str, Any]]:
+        if self.other_instance:
+            raise ApiError(409, CONFLICT)
         offset = params.get("offset")
         if isinstance(offset, int):
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
@@ -1088,23 +1097,31 @@ class FakeTelegram:
         generation = self._poll_generation
         self._notify()  # releases an older long poll that is still waiting
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            changed = self._changed
-            batch = [u for u in self._updates if allowed is None or _update_type(u) in allowed][:limit]
-            remaining = deadline - asyncio.get_running_loop().time()
-            if batch or remaining <= 0 or self._closing.is_set() or generation != self._poll_generation:
-                return batch
-            await self._wait_in_poll(changed, remaining)
+        waiting = False
+        try:
+            while True:
+                changed = self._changed
+                batch = [u for u in self._updates if allowed is None or _update_type(u) in allowed][:limit]
+                remaining = deadline - asyncio.get_running_loop().time()
+                if batch or remaining <= 0 or self._closing.is_set() or generation != self._poll_generation:
+                    return batch
+                if not waiting:
+                    # Announced once, then looked at again: the announcement sets the event just captured, and
+                    # waiting on that one would return at once, again and again, for the whole long poll.
+                    waiting = True
+                    self.waiting_polls += 1
+                    self._notify()
+                    continue
+                await self._wait_in_poll(changed, remaining)
+        finally:
+            if waiting:
+                self.waiting_polls -= 1
 
     async def _wait_in_poll(self, changed: asyncio.Event, seconds: float) -> None:
-        self.waiting_polls += 1
-        self._notify()
         try:
             await asyncio.wait_for(changed.wait(), seconds)
         except TimeoutError:
             pass
-        finally:
-            self.waiting_polls -= 1
 
     async def _api_getfile(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> dict[str, Any]:
         stored = self.files.get(str(params.get("file_id", "")))

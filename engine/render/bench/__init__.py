@@ -32,7 +32,8 @@ import numpy as np
 from engine.presets import DEFAULT_PRESETS
 from engine.render.bench.clips import clip_edit_lines
 from engine.render.bench.eager import eager_end_to_end, eager_unet_rows, low_vram_row
-from engine.render.bench.fast_path import fast_path_rows
+from engine.render.bench.fast_path import fast_path_rows, variant_rows
+from engine.render.bench.ltx import ltx_rows
 from engine.render.bench.overheads import overhead_rows
 from engine.render.bench.report import (
     Echo,
@@ -192,4 +193,9 @@ def run_full_suite(setup: BenchSetup, model: str, repeat: int, report: Report, d
         free_memory()
         fast = fast_path_rows(setup, model, repeat, quick, hq, folder, deadline, report, flops, peak,
                               compile_backend)
-    report.add("", *target_lines(rows, fast, low[0]))
+        free_memory()
+        ltx = ltx_rows(parts.device, setup.width, setup.height, repeat, deadline, report, folder / "ltx-cache",
+                       compile_backend)
+        free_memory()
+        variant_rows(fast, deadline, report)
+    report.add("", *target_lines(rows, fast, low[0], ltx))

@@ -26,6 +26,7 @@ import torch
 
 from engine.config import load_config
 from engine.errors import first_line
+from engine.families import I2VGEN_XL
 from engine.presets import DEFAULT_PRESETS, Preset
 from engine.render.bench.report import (
     ERROR_CHARS,
@@ -116,7 +117,8 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
     if "error" in warm:
         report.add(f"  warm-cache compile not measured: {warm['error']}")
     else:
-        buckets = len(warm_shapes(DEFAULT_PRESETS, warm_presets(DEFAULT_PRESETS)))
+        own = {name: p for name, p in DEFAULT_PRESETS.items() if p.family == I2VGEN_XL}   # this worker's family
+        buckets = len(warm_shapes(own, warm_presets(own)))
         warm["all_buckets_s"] = buckets * warm["compile_s"]
         warm["buckets"] = buckets
         report.add(f"compile warm-up of the same bucket, warm cache, fresh process: {warm['compile_s']:.1f} s; "
@@ -125,18 +127,20 @@ def fast_path_rows(setup: BenchSetup, model: str, repeat: int, quick: int, hq: i
     warm_ready = f"{warm['ready_s']:.1f} s" if "ready_s" in warm else "not measured"
     report.add(f"start to the first job at full speed (load + first bucket), empty cache: {cold['ready_s']:.1f} s; "
                f"warm cache: {warm_ready}")
-    variants = variant_rows(spec, quick, deadline, report, np.median(cold["quick"]))
-    return {**cold, "rows": fast_rows, "warm": warm, "variants": variants}
+    return {**cold, "rows": fast_rows, "warm": warm, "spec": spec}
 
 
 # Layouts and modes measured beside the default, each in a fresh process with its own compile.
 VARIANTS = (("CUDA graphs", {"cuda_graphs": True, "mode": GRAPHS_MODE}), ("channels-last", {"channels_last": True}))
 
 
-def variant_rows(spec: dict[str, Any], quick: int, deadline: float, report: Report, default_s: float
-                 ) -> dict[str, Any]:
+def variant_rows(fast: dict[str, Any], deadline: float, report: Report) -> dict[str, Any]:
     """quick with each variant of the fast path, while time is left: speed and deviation from eager."""
     results: dict[str, Any] = {}
+    if "spec" not in fast:
+        return results
+    spec, quick, default_s = fast["spec"], fast["spec"]["quick"], float(np.median(fast["quick"]))
+    report.add("")
     for label, change in VARIANTS:
         options = {**spec["options"], **change}
         if spec["options"]["backend"] != "inductor":
@@ -207,6 +211,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         return {"error": "the fresh process built different weights"}
     options = FastPathOptions(**{**spec["options"], "cache_dir": Path(spec["options"]["cache_dir"])})
     fast = accelerate(setup.parts, options)
+    assert isinstance(fast, ModelParts)   # the bench's I2VGen-XL suite (prepare refuses LTX-Video)
     preset = Preset("bench", spec["quick"], setup.scheduler, setup.width * setup.height, setup.frames,
                     setup.fps, setup.guidance)
     turbo = turbo_setup(fast, options, setup, spec) if spec.get("turbo") else None

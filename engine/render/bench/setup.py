@@ -51,6 +51,9 @@ def prepare(model: str, device: str, steps: int | None, size: int | tuple[int, i
     if model != "tiny":
         torch.manual_seed(MODEL_SEED)
     parts = load_model(model, device=str(torch_device))
+    if not isinstance(parts, ModelParts):
+        raise ModelError(f"The bench's suites are for I2VGen-XL; {model} is LTX-Video (its figures come with "
+                         "the full suite, from random-full-ltx).")
     small = parts.name == "tiny"
     width, height = parse_size(size) if size is not None else ((64, 64) if small else (512, 512))
     frames, steps = 16, steps or 30
