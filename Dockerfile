@@ -12,7 +12,7 @@ COPY --chown=app:app . /app
 USER app
 
 # Same install line as the README's quick start.
-RUN python3 -m venv .venv && .venv/bin/pip install -e .
+RUN python3 -m venv .venv && .venv/bin/pip install -e ".[gpu]"
 
 VOLUME ["/home/app/.cache/huggingface", "/app/data"]
 CMD [".venv/bin/python", "-m", "bot"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.errors import ModelError
 from engine.render.bench import run_bench
 from engine.render.bench.fast_path import run_child
 from engine.render.bench.overheads import moving_frames, time_mp4, time_queue
@@ -39,6 +40,9 @@ def test_cpu_suite_reports_the_sampler_the_unet_and_the_per_job_overheads():
         row = next(line for line in lines if line.startswith(name))
         median, low, high = (float(x) for x in row.split()[1:4])
         assert 0 < low <= median <= high
+    assert "ours/reference (medians): " in report
+    diff_line = next(line for line in lines if line.startswith("max |ours - reference|"))
+    assert float(diff_line.rsplit(":", 1)[1]) <= 1e-5
     unet = next(line for line in lines if line.startswith("UNet call (CFG batch 2, 16x8x8 latents)"))
     assert float(re.search(r"(\d+\.\d+) GFLOP in", unet).group(1)) > 0
     full = next(line for line in lines if line.startswith("full-size UNet call"))
@@ -50,6 +54,11 @@ def test_cpu_suite_reports_the_sampler_the_unet_and_the_per_job_overheads():
     assert row_value(report, "MP4 encode, 16 frames 512x512") > 0
     # Re-encoding takes real encoder runs; a file that fits is only looked at.
     assert row_value(report, "fit, forced re-encode") > row_value(report, "fit to the Discord cap")
+
+
+def test_the_full_size_model_is_refused_on_the_cpu():
+    with pytest.raises(ModelError, match="CUDA GPU"):
+        run_bench("random-full", device="cpu")
 
 
 def test_unet_flops_counted_on_the_meta_device_match_the_measured_full_size():

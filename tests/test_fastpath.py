@@ -94,7 +94,7 @@ def test_fast_path_keys_reach_the_fast_path_from_the_file_and_the_environment(tm
 
 
 def test_warm_presets_skip_the_out_of_memory_fallbacks():
-    assert warm_presets(DEFAULT_PRESETS) == ["quick", "hq", "turbo"]
+    assert warm_presets(DEFAULT_PRESETS) == ["quick", "hq", "turbo", "fast"]   # build_renderer keeps its family's
     assert warm_presets(DEFAULT_PRESETS, config(warm_presets=["lite", "nope"])) == ["lite"]
 
 
@@ -232,7 +232,7 @@ def test_compiled_vae_decoder_learns_its_chunk_shapes(photo, eager_frames):
     assert decoder.calls == {"compiled": 2, "eager": 2}
 
 
-@pytest.mark.slow
+@pytest.mark.manual   # an opt-in experiment (compile_dynamic_hw): 25 s of symbolic tracing here; -m manual runs it
 def test_dynamic_height_and_width_compile_one_graph_for_every_bucket(photo):
     from torch._dynamo.utils import counters
 

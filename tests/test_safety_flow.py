@@ -69,7 +69,8 @@ async def test_an_ordinary_photo_passes_every_check(tmp_path, tiny_parts):
         ui = RecordingUI()
         job = await follow(stack, await stack.core.submit(request(safety_rule="withhold")), ui)
         assert len(ui.delivered) == 1 and ui.spoilers == [False]
-        assert (job.verdict, job.nsfw_score) == ("passed", 0.0)
+        # Passed at every stage; the tiny model's noise frames may score a little, never up to the threshold.
+        assert job.verdict == "passed" and 0.0 <= job.nsfw_score < config.safety.threshold
 
 
 async def test_a_flagged_preview_stops_the_previews_and_takes_them_off(tmp_path, tiny_parts):

@@ -204,7 +204,7 @@ def fp8_unavailable(device: torch.device) -> str:
     try:
         import torchao  # noqa: F401
     except ImportError:
-        return "fp8 needs torchao (a dependency of this project: reinstall it)"
+        return "fp8 needs torchao: pip install -e '.[gpu]'"
     return ""
 
 
