@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from bot.buttons import MINE_PAGE, Button, MinePage, buttons, page_id
 from bot.edits import EditScheduler, RetryLater, with_retries
@@ -197,7 +197,7 @@ class BotCore:
             user=f"{req.platform}:{req.user_id}", image=image, prompt_raw=text, prompt=built, preset=preset,
             seed=req.seed, negative_prompt=req.negative_prompt, platform=req.platform, chat=req.chat_id,
             user_name=req.user_name, locale=req.locale, status_ref=status_ref, server=req.scope or "",
-            safety_rule="withhold" if settings.safety == "strict" else req.safety_rule, verdict=verdict,
+            safety_rule=settings.rule(req.safety_rule), verdict=verdict,
             jobs_per_hour=settings.jobs_per_hour,
             # The tips are kept with the job, so a restarted bot still shows them under the status.
             options={"camera": camera, "speed": speed, "suggest_hq": advice, "scope": req.scope, "hints": hints,
@@ -470,11 +470,12 @@ class BotCore:
             return t(locale, "result.deleted"), None
         if action == "info":
             return self.info_text(await self.service.require(job_id), locale), None
-        if action in ("hq", "reroll", "extend") and (await self.service.server_settings(
-                platform, (await self.service.require(job_id)).server or None)).safety == "strict":
-            safety_rule = "withhold"
-        if action in ("hq", "reroll"):
+        if action in ("hq", "reroll", "extend"):
             src = await self.service.require(job_id)
+            settings = await self.service.server_settings(platform, src.server or None)
+            rule = settings.rule(safety_rule or cast(Rule, src.safety_rule))
+            if action == "extend":
+                return "", await self._extend(src, user, locale, rule)
             verdict = None
             if src.image_path and Path(src.image_path).exists():
                 async with self._image_work:
@@ -482,11 +483,8 @@ class BotCore:
             new = await self.service.resubmit(
                 src, user=user, preset="hq" if action == "hq" else src.preset, new_seed=action == "reroll",
                 locale=locale or src.locale, user_name="", options={"suggest_hq": False},
-                safety_rule=safety_rule or src.safety_rule, verdict=verdict)
+                safety_rule=rule, verdict=verdict)
             return "", new
-        if action == "extend":
-            return "", await self._extend(await self.service.require(job_id), user, locale,
-                                          safety_rule)
         if action in ("smooth", "loop"):
             return "", await self._edit_clip(await self.service.require(job_id), action, user, locale)
         raise UserError("Unknown button.", "unknown_button")
@@ -516,7 +514,7 @@ class BotCore:
         """A moderator's Remove on a report: the clip's files and its message go; the audit log says who."""
         return await self.service.remove(job_id, f"{platform}:{moderator}")
 
-    async def _extend(self, src: Job, user: str, locale: str | None, safety_rule: Rule | None) -> Job:
+    async def _extend(self, src: Job, user: str, locale: str | None, safety_rule: Rule) -> Job:
         limit = self.config.queue.max_extends
         if src.extension >= limit:
             raise UserError(f"This clip has been extended {limit} times, the most one clip can be.", "max_extends",
@@ -525,7 +523,7 @@ class BotCore:
             frame = await asyncio.to_thread(self.service.last_frame, src)
             verdict = await asyncio.to_thread(self.gate.check_image, "input", frame)
         return await self.service.extend(src, frame, user=user, locale=locale or src.locale,
-                                         safety_rule=safety_rule or src.safety_rule, verdict=verdict)
+                                         safety_rule=safety_rule, verdict=verdict)
 
     async def _edit_clip(self, src: Job, action: str, user: str, locale: str | None) -> Job:
         from engine.media.clip import clip_edits
@@ -603,7 +601,7 @@ class BotCore:
         if job.user != f"{platform}:{user_id}":
             raise UserError("Only the person who made this clip can post it again.", "not_owner")
         settings = await self.service.server_settings(platform, job.server or None)
-        rule: Rule = "withhold" if settings.safety == "strict" else safety_rule
+        rule = settings.rule(safety_rule)
         mode = placement(job.verdict == "flagged", rule)
         if mode == "withhold":
             raise UserError(SAFETY_REASONS["nsfw_output"], "nsfw_repost")

@@ -7,11 +7,14 @@ or sent by a Discord option, so both front ends change them the same way.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.safety import Rule
 
 Safety = Literal["standard", "strict"]   # strict: flagged content is refused everywhere, NSFW channels too
 
@@ -36,6 +39,10 @@ class ServerSettings(BaseModel):
 
     def allows(self, channel: str | int | None) -> bool:
         return not self.channels or str(channel) in self.channels
+
+    def rule(self, chat_rule: Rule) -> Rule:
+        """Where flagged content may go in this server: strict refuses it everywhere, even in NSFW channels."""
+        return "withhold" if self.safety == "strict" else chat_rule
 
 
 def change(settings: ServerSettings, key: str, value: str, *, presets: list[str], max_jobs_per_hour: int

@@ -76,6 +76,13 @@ class _Follower:
     job: Job | None = None    # the job as last seen
 
 
+def require_clip(job: Job) -> str:
+    """The path of a job's plain clip (what Extend, Smooth and Loop start from), or the expired refusal."""
+    if job.expired or not job.clip_path or not Path(job.clip_path).exists():
+        raise UserError("This video has expired; please send the image again.", "expired")
+    return job.clip_path
+
+
 def private_file(path: Path, data: bytes | None = None) -> None:
     """Files in the data folder hold people's photos: readable by the bot's user only."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -290,9 +297,7 @@ class JobService:
 
         from engine.media.video import read_mp4_frames
 
-        if job.expired or not job.clip_path or not Path(job.clip_path).exists():
-            raise UserError("This video has expired; please send the image again.", "expired")
-        return Image.fromarray(read_mp4_frames(job.clip_path)[-1])
+        return Image.fromarray(read_mp4_frames(require_clip(job))[-1])
 
     async def extend(self, src: Job, frame: Any, *, user: str, locale: str, safety_rule: str,
                      verdict: Verdict | None = None) -> Job:
@@ -310,8 +315,7 @@ class JobService:
         from engine.media.clip import finish
         from engine.media.video import read_mp4_frames
 
-        if src.expired or not src.clip_path or not Path(src.clip_path).exists():
-            raise UserError("This video has expired; please send the image again.", "expired")
+        require_clip(src)
         fps = self.config.preset(src.fell_back or src.preset).fps
         job_id = new_job_id()
         results, images = self.data_dir / "results", self.data_dir / "images"
@@ -492,8 +496,7 @@ class JobService:
             raise UserError("Only the person who asked for this video (or an admin) can delete it.", "not_owner")
         if not job.state.final:
             await self.cancel(job_id, by_user, is_admin)
-        self._remove_files(job)
-        return await self.store.update(job_id, expired=True, delivered=True)
+        return await self._drop_files(job)
 
     async def clips(self, user: str) -> list[Job]:
         """A user's finished clips, newest first (expired ones too: /mine says so)."""
@@ -507,9 +510,13 @@ class JobService:
     async def remove(self, job_id: str, by: str) -> Job:
         """A moderator removes a reported clip: its files go, and the record (the audit log) says who."""
         job = await self.require(job_id)
-        self._remove_files(job)
         log.info("job %s removed by %s", job_id, by)
-        return await self.store.update(job_id, expired=True, delivered=True, removed_by=by)
+        return await self._drop_files(job, removed_by=by)
+
+    async def _drop_files(self, job: Job, **fields: Any) -> Job:
+        """A job's files go; its record stays, marked expired (its buttons say so)."""
+        self._remove_files(job)
+        return await self.store.update(job.id, expired=True, delivered=True, **fields)
 
     async def pause(self) -> None:
         await self.store.set_meta("paused", True)
