@@ -25,6 +25,12 @@ class RetryLater(Exception):
         self.seconds = seconds
 
 
+# close() lets an edit already sent finish for this long: a late edit could otherwise land after the result,
+# on the message the result took the place of (Discord fills a never-edited deferred response with the first
+# followup).
+IN_FLIGHT_S = 15.0
+
+
 class EditScheduler:
     """Edits of one message: at most one in flight, coalesced to the latest state, a minimum interval apart,
     and waiting out retry-after. `update` never blocks the caller."""
@@ -42,6 +48,7 @@ class EditScheduler:
         self._idle.set()
         self._on_edit = on_edit
         self._max_failures = max_failures
+        self._sending = False
         self.edits = 0
         self.retries = 0
 
@@ -63,7 +70,11 @@ class EditScheduler:
             if payload == self._last_sent:
                 continue
             try:
-                await self._send(payload)
+                self._sending = True
+                try:
+                    await self._send(payload)
+                finally:
+                    self._sending = False
                 failures = 0
                 self.edits += 1
                 self._last_sent = payload
@@ -90,7 +101,11 @@ class EditScheduler:
             await asyncio.wait_for(self._idle.wait(), timeout)
 
     async def close(self) -> None:
+        """Stop: nothing more is sent; an edit already on its way gets up to IN_FLIGHT_S to finish."""
+        self._has_pending = False
         if self._task and not self._task.done():
+            if self._sending:
+                await asyncio.wait({self._task}, timeout=IN_FLIGHT_S)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

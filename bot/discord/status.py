@@ -228,10 +228,15 @@ class StatusMessage:
             if self.ref.channel_message:
                 channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
                 await channel.get_partial_message(self.ref.channel_message).delete()
-            elif self._token_alive() and self._interaction is not None:
-                await self._interaction.delete_original_response()
-            elif self._token_alive() and self.ref.message:
-                await self._webhook().delete_message(self.ref.message)
+            elif self._token_alive() and (self._interaction is not None or self.ref.message):
+                # A deferred response never edited (its first edit failed) is filled by the first followup:
+                # then the status message *is* the result, and stays.
+                original = self.ref.message
+                if not original and self._interaction is not None:
+                    original = (await self._interaction.original_response()).id
+                if original == self.ref.result:
+                    return
+                await self._webhook().delete_message(original)
 
     def _webhook(self) -> discord.Webhook:
         if self._interaction is not None:
