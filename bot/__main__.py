@@ -117,6 +117,9 @@ class FrontEnd(Protocol):
 
     async def close(self) -> None: ...
 
+    async def take_over(self) -> None:
+        """Follow the jobs of another replica that stopped (called after each heartbeat)."""
+
 
 def wants_local_worker(config: Config) -> bool:
     """A worker beside the bot: always with a SQLite store (one machine, one GPU); with Redis unless
@@ -128,11 +131,15 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
               backoff: Backoff | None = None) -> int:
     """Serve until SIGTERM/SIGINT (0), or until every front end's token was refused (2)."""
     from bot.core import BotCore, settle_heap
+    from bot.replicas import Replica
     from engine.queue.service import JobService
 
     service = JobService(config)
     await service.start()
     core = BotCore(config, service)
+    # Other bot processes may share the store: what only one may do is held in it (bot/replicas.py).
+    replica = core.replica = Replica(service.store, config.replicas.lease_s)
+    await replica.start()
     if config.metrics.port:
         from engine.queue.metrics import Metrics
 
@@ -162,11 +169,11 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
         if "discord" in tokens:
             from bot.discord.app import DiscordFrontEnd
 
-            front_ends["discord"] = DiscordFrontEnd(core, config, tokens["discord"])
+            front_ends["discord"] = DiscordFrontEnd(core, config, tokens["discord"], replica)
         if "telegram" in tokens:
             from bot.telegram.app import TelegramFrontEnd
 
-            front_ends["telegram"] = TelegramFrontEnd(core, config, tokens["telegram"])
+            front_ends["telegram"] = TelegramFrontEnd(core, config, tokens["telegram"], replica=replica)
         # Side by side: a platform that is down (retried with backoff) keeps neither the other nor the worker
         # waiting.
         for name, fe in front_ends.items():
@@ -179,6 +186,7 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
                     del starting[name]
                     if task.result():
                         live.append(name)
+                        replica.every_beat(front_ends[name].take_over)
                         settle_heap()
                         log.info("bot running: %s", ", ".join(live))
             if not live and not starting:   # every token refused: nothing left to serve
@@ -200,10 +208,12 @@ async def run(config: Config, config_path: str | None, tokens: dict[str, str],
         for task in starting.values():   # a start in progress cleans up after itself when cancelled
             task.cancel()
         await asyncio.gather(stopped, *starting.values(), return_exceptions=True)
+        await replica.stop()   # no takeover from here on
         await core.close()   # followers first, so none edits through a closed client
         for fe in front_ends.values():
             with contextlib.suppress(Exception):
                 await fe.close()
+        await replica.close()   # what it held goes to the other replicas at once
         if supervisor:
             await supervisor.stop()
         await service.close()

@@ -43,6 +43,7 @@ from engine.safety import SAFETY_REASONS, Rule, bot_gate, placement
 from engine.servers import ServerSettings
 
 if TYPE_CHECKING:
+    from bot.replicas import Replica
     from engine.queue.metrics import Metrics
 
 log = logging.getLogger("bot.core")
@@ -100,6 +101,11 @@ class JobUI(Protocol):
         """Final text for a job that did not produce a video (failed, cancelled, too big)."""
 
 
+def follow_hold(platform: str, job_id: str) -> str:
+    """The name of the hold of the replica that follows a job (bot/replicas.py)."""
+    return f"follow:{platform}:{job_id}"
+
+
 def settle_heap() -> None:
     """Call once the bot is up: collect, then move every object alive now (the imported libraries, about
     100,000 of them) into the permanent generation, so later full collections skip them. Under load, full
@@ -122,6 +128,9 @@ class BotCore:
         self.service = service
         self._followers: dict[str, asyncio.Task] = {}
         self.metrics: Metrics | None = None   # when enabled
+        # Among several bot replicas, each job is followed by the one that holds `follow:<platform>:<job>`
+        # (bot/replicas.py); None: this process follows every job it is given.
+        self.replica: Replica | None = None
         # Image decoding in threads competes with the event loop for the GIL: a burst of uploads is worked
         # through one at a time instead of stalling every chat at once.
         self._image_work = asyncio.Semaphore(1)
@@ -238,6 +247,22 @@ class BotCore:
         return task
 
     async def _follow(self, job: Job, ui: JobUI, hints: list[str]) -> None:
+        hold = follow_hold(job.platform, job.id)
+        if self.replica is not None:
+            task = asyncio.current_task()
+            assert task is not None
+            if not await self.replica.take(hold, on_lost=task.cancel):
+                return   # another replica follows it
+        told = False
+        try:
+            told = await self._follow_held(job, ui, hints)
+        finally:
+            if self.replica is not None and told:
+                await self.replica.drop(hold)
+
+    async def _follow_held(self, job: Job, ui: JobUI, hints: list[str]) -> bool:
+        """Keep the status up to date until the job ends, then tell its user; True once they were told (or the
+        job is gone)."""
         locale = ui.locale
         state = StatusState(hints=hints)
         cancel = buttons(locale, job.id, "cancel")
@@ -310,16 +335,16 @@ class BotCore:
                 if isinstance(event, Done):
                     await edits.close()
                     await self._deliver(event.job, ui)
-                    return
+                    return True
                 elif isinstance(event, Cancelled):
                     await edits.close()
                     await with_retries(partial(ui.finish, t(locale, "status.cancelled")))
                     await self.service.mark_delivered(job.id)
-                    return
+                    return True
                 elif isinstance(event, Failed):
                     await edits.close()
                     await self._fail(event.job, ui, event.reason)
-                    return
+                    return True
                 # Deep in a long queue, every start elsewhere moves a job up one place: edit those statuses
                 # rarely, so a busy queue does not spend the platform's rate limit on position changes.
                 deep = state.phase == "queued" and state.position > QUEUE_DETAIL_POSITIONS
@@ -327,6 +352,7 @@ class BotCore:
                 edits.update((state.render(locale), state.preview_step, mode))
         except UserError as exc:   # the job vanished (forgotten, expired)
             log.info("stopped following job %s: %s", job.id, exc)
+            return True
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -335,6 +361,7 @@ class BotCore:
             await edits.close()
             if self.metrics and edits.retries:
                 self.metrics.retries.labels(job.platform).inc(edits.retries)
+        return False
 
     async def _fail(self, job: Job, ui: JobUI, reason: str) -> None:
         """Say why a job failed, in one sentence; a refusal by the NSFW gate also takes the pictures off."""
@@ -440,6 +467,24 @@ class BotCore:
             ui = make_ui(job)
             if ui is not None:
                 tasks.append(self.follow(job, ui))
+        return tasks
+
+    async def take_over(self, platform: str, make_ui: Callable[[Job], JobUI | None]) -> list[asyncio.Task]:
+        """Follow the jobs of this platform whose follower stopped renewing its hold (its replica died or
+        stopped). Run after each heartbeat of this replica."""
+        if self.replica is None:
+            return []
+        prefix = follow_hold(platform, "")
+        names = [n for n in await self.replica.orphans(prefix) if not self.replica.holds(n)]
+        tasks = []
+        for name in await self.replica.take_many(names) if names else []:
+            job = await self.service.get(name[len(prefix):])
+            ui = make_ui(job) if job is not None and not job.delivered and not job.expired else None
+            if job is None or ui is None:
+                await self.replica.drop(name)   # nothing left to tell anyone
+                continue
+            log.info("job %s: following it in place of a replica that stopped", job.id)
+            tasks.append(self.follow(job, ui))
         return tasks
 
     async def close(self) -> None:

@@ -105,6 +105,18 @@ class DiscordConfig(Section):
     max_ratelimit_timeout_s: NonNegFloat = 30    # longer rate-limit waits go back to the edit scheduler
     ready_timeout_s: NonNegFloat = 120
     guild_ready_timeout_s: NonNegFloat = 2.0
+    # Sharding: 0 = as many shards as Discord recommends. `shard_ids` empty: the bot replicas on one store take
+    # the shards by lease, evenly; listed: this process runs exactly those (shard_count then required).
+    shard_count: NonNegInt = 0
+    shard_ids: list[NonNegInt] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> DiscordConfig:
+        if self.shard_ids and not self.shard_count:
+            raise ValueError("discord.shard_ids: set discord.shard_count too")
+        if any(i >= self.shard_count for i in self.shard_ids):
+            raise ValueError(f"discord.shard_ids: each must be below discord.shard_count ({self.shard_count})")
+        return self
 
 
 class TelegramConfig(Section):
@@ -117,6 +129,33 @@ class TelegramConfig(Section):
     download_limit_bytes: PositiveInt = 20_000_000
     upload_limit_bytes: PositiveInt = 50_000_000
     send_as: Literal["video", "animation"] = "video"
+    # "polling": one replica polls at a time (a store lease), the others stand by. "webhook": Telegram posts
+    # updates to `webhook_url`; every replica serves its path on listen:port behind a load balancer.
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    listen: str = "0.0.0.0"
+    port: Port = 8443
+    secret_token: str = ""   # required with webhooks: Telegram sends it with each update (1-256 of A-Z a-z 0-9 _ -)
+
+    @model_validator(mode="after")
+    def _check_webhook(self) -> TelegramConfig:
+        import re
+
+        if self.mode != "webhook":
+            return self
+        if not self.webhook_url.startswith(("https://", "http://")):
+            raise ValueError("telegram.webhook_url: the public URL Telegram posts updates to is required with "
+                             "mode = \"webhook\"")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", self.secret_token):
+            raise ValueError("telegram.secret_token: required with mode = \"webhook\": 1-256 characters of "
+                             "A-Z, a-z, 0-9, _ and -")
+        return self
+
+
+class ReplicasConfig(Section):
+    # Bot replicas on one store: what each serves (the jobs it follows, Discord shards, the Telegram poller) is
+    # held in the store, renewed every quarter of this; a dead replica's is taken over within it (a hold lasts three quarters of it unrenewed, plus up to a quarter for the next heartbeat).
+    lease_s: Annotated[float, Field(ge=1)] = 10.0
 
 
 class MetricsConfig(Section):
@@ -169,6 +208,7 @@ class Config(BaseSettings):
     discord: DiscordConfig = Field(default_factory=DiscordConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
@@ -294,7 +334,8 @@ def _check_env_sections(env: dict[str, str]) -> None:
 def _describe(exc: ValidationError, source: str, raw: dict[str, Any], env: dict[str, str]) -> str:
     error = exc.errors()[0]
     loc = [str(p) for p in error["loc"]]
-    if not loc:   # one of our own checks across keys
+    if not loc or error["type"] == "value_error" and isinstance(error.get("input"), dict):
+        # one of our own checks across keys (of the whole config, or of one section): it names them
         return f"{source}: {error['msg'].removeprefix('Value error, ')}"
     key = ".".join(loc)
     var = (ENV_PREFIX + ENV_DELIMITER.join(loc)).upper()

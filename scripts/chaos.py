@@ -8,7 +8,9 @@ and the simulated users run in this process: half the users send `/animate` slas
 on the fake Discord, the other half photos captioned `/animate ...` on the fake Telegram, spread over the run.
 
 Chaos, all of it drawn from --seed:
-  * every 20-40 s the worker or the bot (at random) is SIGKILLed and started again 1-3 s later;
+  * every 20-40 s the worker or the bot (at random) is SIGKILLed and started again 1-3 s later; with
+    --bots N, N bot replicas share the store (their Discord shard and the Telegram poller move between them)
+    and a kill takes one of them at random;
   * about a third of the way through the sending, Redis is SIGKILLed and started again on the same port and
     folder (it reloads its append-only file, without what it had not yet fsynced);
   * throughout, the fakes answer status edits and result uploads on both platforms with 429s (short
@@ -20,7 +22,7 @@ It runs until every job is final and its user has the outcome (or --timeout-s), 
 30 s, then prints a summary with each figure beside its target. Logs of every process start, the chaos events
 and the summary stay in the run folder it names.
 
-    .venv/bin/python scripts/chaos.py [--jobs 300] [--users 50] [--seed N] [--timeout-s 900]
+    .venv/bin/python scripts/chaos.py [--jobs 300] [--users 50] [--seed N] [--timeout-s 900] [--bots 2 --lease-s 3]
 """
 
 from __future__ import annotations
@@ -432,19 +434,23 @@ class Chaos:
         cfg = write_config(self.run_dir / "config.toml", doc)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_TOKEN", "TELEGRAM_TOKEN"))}
         env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+        if args.lease_s:
+            env["ANIMABOT_REPLICAS__LEASE_S"] = str(args.lease_s)
         py = sys.executable
         # On a GPU machine the worker barely uses the CPU; here the tiny model renders on it, so it yields the
         # CPU to the bot (which must acknowledge Discord interactions within 3 s), as a GPU would.
         self.worker = Proc("worker", [py, "-m", "engine", "worker", "--config", str(cfg)], env, self.run_dir,
                            nice=10)
-        self.bot = Proc("bot", [py, "-m", "bot", "--config", str(cfg)],
-                        {**env, "DISCORD_TOKEN": dfake.token, "TELEGRAM_TOKEN": tfake.token}, self.run_dir)
-        self.procs = {"worker": self.worker, "bot": self.bot}
+        self.bots = [Proc("bot" if i == 0 else f"bot{i + 1}", [py, "-m", "bot", "--config", str(cfg)],
+                          {**env, "DISCORD_TOKEN": dfake.token, "TELEGRAM_TOKEN": tfake.token}, self.run_dir)
+                     for i in range(args.bots)]
+        self.procs = {"worker": self.worker, **{bot.name: bot for bot in self.bots}}
         self.store = RedisStore(self.redis.url)
         await self.store.open()
         self.t0 = now()
         self.worker.start()
-        self.bot.start()
+        for bot in self.bots:
+            bot.start()
         self.event(f"run folder {self.run_dir}; redis {self.redis.url} (appendonly yes, appendfsync everysec)")
         try:
             await self._wait_ready()
@@ -454,7 +460,8 @@ class Chaos:
             self.stop.set()
             await self._final_read()
             # In threads: the fakes in this event loop must keep answering the bot while it shuts down.
-            await asyncio.to_thread(self.bot.stop)
+            for bot in self.bots:
+                await asyncio.to_thread(bot.stop)
             await asyncio.to_thread(self.worker.stop)
             await self.store.close()
 
@@ -562,7 +569,7 @@ class Chaos:
         rng = self.rng_chaos
         while not await self.pause(rng.uniform(20, 40)):
             target = rng.choice(("worker", "bot"))
-            proc = self.procs[target]
+            proc = self.procs["worker"] if target == "worker" else rng.choice(self.bots)
             kill = Kill(target, now(), time.time(), log=proc.log_path.name)
             pid = proc.kill()
             self.kills.append(kill)
@@ -796,7 +803,8 @@ class Chaos:
         out(f"seed {args.seed}; {args.users} users ({len(self.d_users)} Discord, {len(self.t_users)} Telegram); "
             f"jobs sent over {self.window_s:.0f} s; {self.outcome} after {self.elapsed_s:.0f} s "
             f"(timeout {args.timeout_s:.0f} s)")
-        out(f"chaos: SIGKILL worker {kills['worker']}x, bot {kills['bot']}x (each started again after 1-3 s), "
+        replicas = f", one of {args.bots} replicas each time" if args.bots > 1 else ""
+        out(f"chaos: SIGKILL worker {kills['worker']}x, bot {kills['bot']}x (each started again after 1-3 s{replicas}), "
             f"redis-server {kills['redis']}x (restarted on its append-only file)")
         bot_kills = [k for k in self.kills if k.target == "bot"]
         back = [k.back_at - k.at for k in bot_kills if k.back_at]
@@ -1031,6 +1039,9 @@ def main() -> int:
     parser.add_argument("--step-delay-s", type=float, default=0.5,
                         help="seconds each denoising step of the tiny model is held, as on a slower GPU: status "
                              "edits then happen while jobs render (0: the tiny model's own speed)")
+    parser.add_argument("--bots", type=int, default=1, help="bot replicas on the store (a kill takes one)")
+    parser.add_argument("--lease-s", type=float, default=0.0,
+                        help="[replicas] lease_s of the bots (default: config.toml's)")
     parser.add_argument("--run-dir", default="", help="folder for the logs (default: a new one under /tmp)")
     args = parser.parse_args()
     if args.users < 2 or args.jobs < 1:

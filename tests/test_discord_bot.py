@@ -526,3 +526,28 @@ async def test_a_channel_that_refuses_the_bot_gets_the_result_in_the_status_mess
         assert job.state == JobState.DONE
         refusals = [r for r in caplog.records if "refuses the bot" in r.getMessage()]
         assert len(refusals) == 1
+
+
+async def test_a_result_post_that_was_never_confirmed_is_found_in_the_channel_not_posted_again(tmp_path, fake,
+                                                                                              tiny_parts):
+    """A replica that died between posting a result and saving that it did: whoever delivers next finds the
+    video among the channel's recent messages; where nothing was posted, it posts."""
+    from bot.discord.status import StatusMessage, StatusRef
+
+    async with running_bot(bot_config(tmp_path, fake), fake, tiny_parts) as bot:
+        interaction = await animate(fake)
+        result = await result_of(fake, interaction)
+        job = await delivered_job(bot.stack, job_id_of(result))
+        unconfirmed = StatusRef.loads(job.status_ref)
+        assert unconfirmed is not None and unconfirmed.result == result.id
+        unconfirmed.result, unconfirmed.posting = 0, True
+        posts = len(fake.requests_matching("POST", r"^/webhooks/"))
+        again = StatusMessage(bot.front, job.id, unconfirmed)
+        await again.deliver(job, Path(job.result_path), "", [])
+        assert again.ref.result == result.id and len(fake.requests_matching("POST", r"^/webhooks/")) == posts
+        # Never posted (the replica died before the post went out): it is posted now, once.
+        result.deleted = True
+        again.ref.result = 0
+        await again.deliver(job, Path(job.result_path), "", [])
+        assert len(fake.requests_matching("POST", r"^/webhooks/")) == posts + 1
+        assert again.ref.result not in (0, result.id) and has_video(fake.messages[again.ref.result])

@@ -436,8 +436,13 @@ async def test_a_full_data_folder_fails_the_results_it_cannot_save_and_refuses_u
             (alice, a_chat), (bob, b_chat), (chen, c_chat) = people(fake)
             fake.send_photo(a_chat, alice, photo_bytes(), caption="/animate a cat turning its head")
             fake.send_photo(c_chat, chen, photo_bytes(seed=2), caption="/animate 猫转头")
-            await eventually(lambda: rendering(stack.service, alice))
-            await eventually(lambda: job_of(stack.service, chen))
+            # Two chats' updates may be handled in either order: wait until one job renders and the other
+            # waits behind it, so both results are still to be saved when the disk fills.
+            async def both_in_flight():
+                jobs = [await job_of(stack.service, alice), await job_of(stack.service, chen)]
+                return (all(j is not None and j.state in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
+                        and any(j.state == JobState.RUNNING and j.step >= 1 for j in jobs))
+            await eventually(both_in_flight)
             small_disk.fill()
             # The results cannot be saved: each owner is told, in their language.
             for chat, locale in ((a_chat, "en"), (c_chat, "zh")):

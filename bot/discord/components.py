@@ -187,14 +187,14 @@ async def _report(front: DiscordFrontEnd, interaction: discord.Interaction, job_
     remove = job_view(buttons(settings.language or "en", job.id, "remove"))
     assert remove is not None
     if settings.moderation_channel:
-        channel = front.client.get_partial_messageable(int(settings.moderation_channel), guild_id=interaction.guild_id)
+        channel = front.rest.get_partial_messageable(int(settings.moderation_channel), guild_id=interaction.guild_id)
         with rate_limited():
             await channel.send(text, view=remove, allowed_mentions=NO_MENTIONS)
         return
     for admin in front.config.discord.admins:
         try:
             with rate_limited():
-                user = await front.client.fetch_user(int(admin))
+                user = await front.rest.fetch_user(int(admin))
                 await user.send(text, view=remove, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:   # DMs closed: the other admins still hear of it
             log.warning("report of job %s not sent to admin %s: %s", job.id, admin, exc.status)
@@ -213,7 +213,7 @@ async def _remove(front: DiscordFrontEnd, interaction: discord.Interaction, job_
     job = await front.core.remove(job_id, PLATFORM, str(interaction.user.id))
     ref = StatusRef.loads(job.status_ref) if job.status_ref else None
     if ref is not None and ref.result:
-        channel = front.client.get_partial_messageable(ref.channel, guild_id=ref.guild)
+        channel = front.rest.get_partial_messageable(ref.channel, guild_id=ref.guild)
         with contextlib.suppress(discord.NotFound, discord.Forbidden), rate_limited():
             await channel.get_partial_message(ref.result).delete()
     content = (interaction.message.content if interaction.message else "") + "\n" + t(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot.discord")
 
 PREVIEW_NAME = "preview.gif"
+RESULT_LOOKBACK = 50   # messages of a channel searched for a result whose post was not confirmed
 
 
 @dataclass
@@ -55,6 +56,7 @@ class StatusRef:
     channel_message: int = 0        # the bot's own channel message once the token is gone
     posts: int = 0                  # channel status messages posted (each gets its own nonce)
     result: int = 0                 # the result message, once posted (a retried delivery skips the post)
+    posting: bool = False           # a result post was started: whoever retries looks for it first
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -108,7 +110,7 @@ class StatusMessage:
         self.locale = ref.locale
         self.upload_limit_bytes = ref.limit
         self.min_edit_interval_s = front.config.discord.edit_interval_s
-        self._interaction = interaction
+        self.__interaction = interaction
 
     # ---- JobUI ----
 
@@ -137,7 +139,13 @@ class StatusMessage:
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(owner)]),
         )
         filename = f"{job.id}.mp4"
+        if not self.ref.result and self.ref.posting:
+            # A post began and its answer was never saved (the replica that made it died, or the store write
+            # failed): it may be in the channel already.
+            self.ref.result = await self._posted_result(filename)
         if not self.ref.result:
+            self.ref.posting = True
+            await self._save_ref()
             try:
                 self.ref.result = await self._post_result(discord.File(video, filename=filename, spoiler=spoiler),
                                                           fields)
@@ -152,7 +160,36 @@ class StatusMessage:
             await self._save_ref()
         await self._delete_status()
 
+    async def _posted_result(self, filename: str) -> int:
+        """The id of the bot's recent message in the channel carrying `filename`, or 0 (also when the channel's
+        history cannot be read here: then the result is posted, perhaps a second time)."""
+        rest = self.front.rest
+        channel = rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+        try:
+            with rate_limited():
+                async for message in channel.history(limit=RESULT_LOOKBACK):
+                    if (rest.user is None or message.author.id == rest.user.id) and any(
+                            a.filename.endswith(filename) for a in message.attachments):
+                        log.info("job %s: its result was already posted (message %s)", self.job_id, message.id)
+                        return message.id
+        except discord.HTTPException as exc:
+            log.info("job %s: channel history not readable (%s); posting the result", self.job_id, exc.status)
+        return 0
+
     # ---- where edits go ----
+
+    @property
+    def _interaction(self) -> discord.Interaction | None:
+        """The interaction object while its gateway client runs here; after that (its shard moved to another
+        replica) edits go by the stored token through the REST client."""
+        interaction = self.__interaction
+        if interaction is not None and interaction.client.is_closed():
+            self.__interaction = interaction = None
+        return interaction
+
+    @_interaction.setter
+    def _interaction(self, value: discord.Interaction | None) -> None:
+        self.__interaction = value
 
     def _token_alive(self) -> bool:
         return bool(self.ref.token) and time.time() - self.ref.at < self.front.interaction_ttl_s
@@ -186,7 +223,7 @@ class StatusMessage:
         await self._save_ref()
 
     async def _channel_edit(self, fields: dict[str, Any]) -> None:
-        channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+        channel = self.front.rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
         with rate_limited():
             if self.ref.channel_message:
                 try:
@@ -217,7 +254,7 @@ class StatusMessage:
                     raise
                 await self._token_expired()
             file.reset()
-        channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+        channel = self.front.rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
         with rate_limited():
             posted = await channel.send(file=file, nonce=f"{self.job_id}v", **send)
         return posted.id
@@ -226,7 +263,7 @@ class StatusMessage:
         """The status message has done its job once the result is up (a missing one is fine)."""
         with contextlib.suppress(discord.NotFound, discord.Forbidden), rate_limited():
             if self.ref.channel_message:
-                channel = self.front.client.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+                channel = self.front.rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
                 await channel.get_partial_message(self.ref.channel_message).delete()
             elif self._token_alive() and (self._interaction is not None or self.ref.message):
                 # A deferred response never edited (its first edit failed) is filled by the first followup:
@@ -241,7 +278,7 @@ class StatusMessage:
     def _webhook(self) -> discord.Webhook:
         if self._interaction is not None:
             return self._interaction.followup
-        return discord.Webhook.partial(self.ref.app, self.ref.token, client=self.front.client)
+        return discord.Webhook.partial(self.ref.app, self.ref.token, client=self.front.rest)
 
     async def _save_ref(self) -> None:
         # Shielded: an edit is cancelled when its job finishes, and a store write cut off halfway would

@@ -73,15 +73,26 @@ class BoundedHTTPXRequest(HTTPXRequest):
             return await super().do_request(*args, **kwargs)
 
 
+NO_UPDATES = b'{"ok": true, "result": []}'
+
+
 class PollRequest(HTTPXRequest):
     """PTB's HTTP client for getUpdates (one connection, as PTB's own), telling `on_answer` the HTTP status of
-    every answer: the one place that sees polling work again after a 409 Conflict or an outage."""
+    every answer: the one place that sees polling work again after a 409 Conflict or an outage. While
+    `may_poll()` is False (this replica lost the poller's hold to another) no getUpdates goes out: each is
+    answered here with no updates, so the poll that PTB sends while stopping does not cut the new poller's
+    long poll short (Telegram would answer that one 409)."""
 
-    def __init__(self, on_answer: Callable[[int], None], **kwargs: Any):
+    def __init__(self, on_answer: Callable[[int], None], may_poll: Callable[[], bool] = lambda: True,
+                 **kwargs: Any):
         super().__init__(connection_pool_size=1, **kwargs)
         self._on_answer = on_answer
+        self._may_poll = may_poll
 
     async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        if not self._may_poll():
+            await asyncio.sleep(0.1)   # not a busy loop while polling stops
+            return 200, NO_UPDATES
         status, payload = await super().do_request(*args, **kwargs)
         self._on_answer(status)
         return status, payload

@@ -8,7 +8,20 @@ handlers themselves live in `commands` (messages and commands) and `components` 
 messages in `status`, and the Bot API helpers in `api`.
 
 State that must survive a restart lives in the job store (`status_ref`) and in the buttons' callback data;
-the only in-memory state is short-lived (pending image asks, albums already handled, per-chat pacers).
+so does the short-lived state that another replica may need (pending image asks, albums already handled, the
+per-chat edit pacing): several `python -m bot` replicas may share one store.
+
+How updates come in (`[telegram] mode`):
+
+- "polling": one replica at a time polls (getUpdates), the one that holds `telegram:poller` in the store
+  (bot/replicas.py); the others start everything else (they send, edit and follow jobs) and stand by. A
+  standby takes the hold on its heartbeat once the poller's has expired, and polls; a poller that lost its
+  hold stops polling (and sends no more getUpdates, which would cut the new poller's long poll short with a
+  409). Without a replica (tests that build the front end directly) it polls.
+- "webhook": every replica serves python-telegram-bot's webhook server on `listen:port` at the path of
+  `webhook_url` (a load balancer in front spreads Telegram's posts) and sets the webhook (the same URL from
+  each: idempotent; none deletes it when it stops). A post without the right secret token is refused with 403
+  and one log line.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import logging
 import time
 import weakref
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from telegram.error import Conflict, InvalidToken, TelegramError
 from telegram.ext import (
@@ -33,6 +47,7 @@ from telegram.ext import (
 )
 
 from bot.core import BotCore
+from bot.replicas import Replica
 from bot.startup import PlatformUnavailable, TokenRefused
 from bot.telegram.api import PLATFORM, PTB_LOGGERS, BoundedHTTPXRequest, PollRequest, RedactToken
 from bot.telegram.commands import ADMIN_COMMANDS, CAPTION_COMMAND, MEDIA, Commands, command_texts
@@ -44,12 +59,47 @@ from engine.jobs import Job
 log = logging.getLogger("bot.telegram")
 
 UPLOAD_TIMEOUT_S = 120.0
+POLLER = "telegram:poller"          # the hold of the one replica that polls for updates
+ALLOWED_UPDATES = ["message", "callback_query"]
+
+
+class WebhookRefusals(logging.Filter):
+    """python-telegram-bot refuses a webhook post without the right secret token (403) but says so only at
+    DEBUG. On its updater's logger (set to DEBUG for this), this turns that record into one WARNING line and
+    lets the other DEBUG records through only where DEBUG is wanted (the parent logger's level)."""
+
+    REFUSALS = {"Request did not include the secret token": "without the secret token",
+                "Request had the wrong secret token": "with a wrong secret token"}
+
+    def __init__(self, logger: logging.Logger):
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.DEBUG and isinstance(record.msg, str):
+            for start, what in self.REFUSALS.items():
+                if record.msg.startswith(start):   # the wrong token itself is not repeated
+                    record.msg, record.args = f"telegram webhook: refused a post {what} (403)", None
+                    record.levelno, record.levelname = logging.WARNING, "WARNING"
+                    record.name = "bot.telegram"
+                    return True
+        parent = self.logger.parent
+        return record.levelno >= (parent.getEffectiveLevel() if parent else logging.WARNING)
+
+
+def webhook_refusals_logged() -> None:
+    """Install `WebhookRefusals` on python-telegram-bot's updater logger (once)."""
+    logger = logging.getLogger("telegram.ext.Updater")
+    if not any(isinstance(f, WebhookRefusals) for f in logger.filters):
+        logger.addFilter(WebhookRefusals(logger))
+        logger.setLevel(logging.DEBUG)
 
 
 class TelegramFrontEnd:
     def __init__(self, core: BotCore, config: Config, token: str, *, poll_timeout: float = 10.0,
-                 upload_timeout_s: float = UPLOAD_TIMEOUT_S):
+                 upload_timeout_s: float = UPLOAD_TIMEOUT_S, replica: Replica | None = None):
         self.core = core
+        self.replica = replica
         self.config = config
         self._token = token
         self._redact_filter = RedactToken(token)
@@ -61,6 +111,9 @@ class TelegramFrontEnd:
         self._pacers: weakref.WeakValueDictionary[int, ChatPacer] = weakref.WeakValueDictionary()
         self._followers: set[asyncio.Task] = set()
         self._poll_trouble_since: float | None = None   # when getUpdates last started failing
+        self._poll_lock = asyncio.Lock()   # polling starts and stops one at a time
+        self._poll_stopping: asyncio.Task | None = None
+        self._poll_lost = False             # the poller's hold went to another replica: send no getUpdates
 
     def __repr__(self) -> str:   # never show the token
         return f"<TelegramFrontEnd running={self.app is not None}>"
@@ -73,15 +126,17 @@ class TelegramFrontEnd:
     # ---- lifecycle
 
     async def start(self) -> None:
-        """Poll once Telegram has accepted the token; TokenRefused or PlatformUnavailable (`bot.startup`),
-        with everything closed, when it cannot be done now."""
+        """Take updates (poll, stand by for polling, or serve the webhook) once Telegram has accepted the
+        token; TokenRefused or PlatformUnavailable (`bot.startup`), with everything closed, when it cannot be
+        done now."""
         # httpx logs request URLs at INFO, and Bot API URLs contain the token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         for name in PTB_LOGGERS:
             logging.getLogger(name).addFilter(self._redact_filter)
         tg = self.config.telegram
+        polls = PollRequest(self._poll_answered, may_poll=lambda: not self._poll_lost)
         builder = (ApplicationBuilder().token(self._token).concurrent_updates(True)
-                   .request(BoundedHTTPXRequest()).get_updates_request(PollRequest(self._poll_answered)))
+                   .request(BoundedHTTPXRequest()).get_updates_request(polls))
         if tg.api_base_url:
             builder = builder.base_url(tg.api_base_url)
         if tg.file_base_url:
@@ -94,13 +149,16 @@ class TelegramFrontEnd:
             await self._set_commands()
             await app.start()
             await self._resume()
-            assert app.updater is not None   # the builder makes one unless told `.updater(None)`
-            await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=self.poll_timeout),
-                                            allowed_updates=["message", "callback_query"],
-                                            error_callback=self._polling_failed)
+            how = await self._take_updates(app)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await self._shut(app)
+            if self.replica is not None:   # another replica polls in its place
+                with contextlib.suppress(Exception):
+                    await self.replica.hand_over(POLLER)
+            if isinstance(exc, OSError):   # the webhook server's port (in use, not allowed)
+                raise PlatformUnavailable(f"the webhook server cannot listen on {tg.listen}:{tg.port}: "
+                                          f"{exc.strerror or exc}") from None
             if isinstance(exc, InvalidToken):   # 401, or 404 for a malformed token
                 # PTB's text quotes the token; the answer's own text is the cause's.
                 answer = exc.__cause__ if isinstance(exc.__cause__, InvalidToken) else exc
@@ -108,7 +166,74 @@ class TelegramFrontEnd:
             if isinstance(exc, TelegramError):   # NetworkError, TimedOut, RetryAfter, an error answer
                 raise PlatformUnavailable(f"{type(exc).__name__}: {self.redact(exc.message)}") from None
             raise
-        log.info("Telegram bot @%s is polling", app.bot.username)
+        log.info("Telegram bot @%s %s", app.bot.username, how)
+
+    async def _take_updates(self, app: Application) -> str:
+        """Start taking updates as `[telegram] mode` says; returns how, for the log."""
+        tg = self.config.telegram
+        assert app.updater is not None   # the builder makes one unless told `.updater(None)`
+        if tg.mode == "webhook":
+            webhook_refusals_logged()
+            path = urlsplit(tg.webhook_url).path or "/"
+            # No drop_pending_updates: the other replicas' updates stay; PTB never deletes the webhook.
+            await app.updater.start_webhook(listen=tg.listen, port=tg.port, url_path=path,
+                                            secret_token=tg.secret_token, webhook_url=tg.webhook_url,
+                                            allowed_updates=ALLOWED_UPDATES)
+            return f"serves its webhook on {tg.listen}:{tg.port}{path}"
+        if self.replica is not None and not await self.replica.take(POLLER, on_lost=self._poller_lost):
+            return "is up; another replica polls for updates (this one stands by)"
+        await self._start_polling(app)
+        return "is polling"
+
+    async def _start_polling(self, app: Application) -> None:
+        assert app.updater is not None
+        self._poll_lost = False
+        await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=self.poll_timeout),
+                                        allowed_updates=ALLOWED_UPDATES, error_callback=self._polling_failed)
+
+    @property
+    def polling(self) -> bool:
+        app = self.app
+        return bool(app is not None and app.updater is not None and app.updater.running
+                    and self.config.telegram.mode == "polling")
+
+    async def _claim_poller(self) -> None:
+        """On a standby's heartbeat: poll in place of a poller that stopped (its hold free or expired)."""
+        app = self.app
+        if (app is None or self.replica is None or self.config.telegram.mode != "polling"
+                or self._poll_stopping is not None):
+            return
+        async with self._poll_lock:
+            if self.polling or app is not self.app:
+                return
+            if not await self.replica.take(POLLER, on_lost=self._poller_lost):
+                return
+            try:
+                await self._start_polling(app)
+            except TelegramError as exc:   # deleteWebhook failed: another replica tries at its next beat
+                log.warning("telegram: could not start polling in place of a stopped replica: %s: %s",
+                            type(exc).__name__, self.redact(exc.message))
+                await self.replica.hand_over(POLLER)
+                return
+        log.info("telegram: polling for updates in place of a replica that stopped")
+
+    def _poller_lost(self) -> None:
+        """Another replica took `telegram:poller` (this one missed its lease): stop polling here, so two never
+        poll at once."""
+        self._poll_lost = True
+        if self._poll_stopping is None:
+            self._poll_stopping = asyncio.create_task(self._stop_polling(), name="telegram-stop-polling")
+
+    async def _stop_polling(self) -> None:
+        try:
+            async with self._poll_lock:
+                app = self.app
+                if app is not None and app.updater is not None and app.updater.running:
+                    with contextlib.suppress(Exception):
+                        await app.updater.stop()
+                    log.warning("telegram: stopped polling; another replica polls now")
+        finally:
+            self._poll_stopping = None
 
     async def close(self) -> None:
         """Stop polling, let running handlers finish, stop following this front end's jobs (they are
@@ -117,6 +242,9 @@ class TelegramFrontEnd:
             await self._shut(self.app)
 
     async def _shut(self, app: Application) -> None:
+        if self._poll_stopping is not None:
+            with contextlib.suppress(BaseException):
+                await self._poll_stopping
         with contextlib.suppress(Exception):
             if app.updater and app.updater.running:
                 await app.updater.stop()
@@ -196,6 +324,17 @@ class TelegramFrontEnd:
         if tasks:
             log.info("following %d undelivered Telegram jobs again", len(tasks))
 
+    async def take_over(self) -> None:
+        """After each heartbeat of this replica: poll in place of a poller that stopped, and follow the Telegram
+        jobs of a replica that stopped."""
+        if self.app is None:
+            return
+        await self._claim_poller()
+        if self.app is None:
+            return
+        for task in await self.core.take_over(PLATFORM, lambda job: StatusMessage.from_job(self, job)):
+            self.track(task)
+
     def track(self, task: asyncio.Task) -> None:
         """Keep a job follower's task so close() can stop it."""
         self._followers.add(task)
@@ -204,10 +343,11 @@ class TelegramFrontEnd:
     # ---- shared by all jobs of this front end
 
     def pacer(self, chat_id: int, interval: float) -> ChatPacer:
-        """The chat's one edit pacer, shared by every job with a status message there."""
+        """The chat's one edit pacer, shared by every job with a status message there (and, through the
+        store, with the other replicas)."""
         pacer = self._pacers.get(chat_id)
         if pacer is None:
-            pacer = ChatPacer(interval)
+            pacer = ChatPacer(self.core.service.store, f"telegram:chat:{chat_id}", interval)
             self._pacers[chat_id] = pacer
         return pacer
 

@@ -1,21 +1,22 @@
 """The Telegram commands and messages that users send, and how a job is started from them.
 
 A job starts from a photo captioned `/animate` or `/hq`, from either command as a reply to an image, or from
-the next image a user sends after a bare `/animate <prompt>` (a `PendingAsk`), and from `/extend` as a reply
+the next image a user sends after a bare `/animate <prompt>` (a pending ask), and from `/extend` as a reply
 to a result. `/settings` and `/mine` answer with a message of their own; the other commands (`/help`, `/queue`,
 `/cancel`, `/forget`, `/privacy`, `/info` and the admin ones) with one text each. The command menu texts
 (`command_texts`, from templates/messages) live here too, next to the commands they describe.
 
-The only state is short-lived and in memory: pending asks and the albums already handled.
+The only state is short-lived and kept as expiring notes in the job store, so that any bot replica can carry
+on where another left off: the pending asks (`telegram:ask:<chat>:<user>`, taken once) and the albums already
+handled (`telegram:album:<media group>`, claimed once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from bot.texts import StatusState, error_text, t
 from engine.errors import UserError
 from engine.jobs import Job
 from engine.media.preview import status_photo
+from engine.queue.store import Store
 from engine.safety import placement
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot.telegram")
 
 PENDING_ASK_S = 300.0           # how long "/animate prompt" waits for the image
-SEEN_ALBUMS = 512
+ALBUM_SEEN_S = 600.0            # how long the photos of an album already handled are recognised
 
 CAPTION_COMMAND = re.compile(r"^\s*/(animate|hq)(?:@([A-Za-z0-9_]+))?(?=\s|$)", re.IGNORECASE)
 TEXT_COMMAND = re.compile(r"^\s*/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?")
@@ -70,6 +72,11 @@ def command_name(text: str | None) -> str:
     return match.group(0).strip().lstrip("/").split("@")[0].lower()
 
 
+def ask_key(chat_id: int, user_id: int) -> str:
+    """The store note of a pending '/animate prompt' that waits for the user's next image in that chat."""
+    return f"telegram:ask:{chat_id}:{user_id}"
+
+
 def info_usage() -> UserError:
     return UserError("Reply to one of my videos with /info to see how it was made.", "info_usage")
 
@@ -89,14 +96,6 @@ def locale_of(message: Message | None) -> str:
 
 
 @dataclass
-class PendingAsk:
-    """'/animate prompt' without an image: waits for the next image of that user in that chat."""
-    prompt: str
-    preset: str
-    expires_at: float
-
-
-@dataclass
 class Ask:
     """A request pulled out of a message, before the image is fetched."""
     prompt: str
@@ -108,8 +107,10 @@ class Commands:
 
     def __init__(self, front: TelegramFrontEnd):
         self.front = front
-        self._pending: dict[tuple[int, int], PendingAsk] = {}
-        self._albums: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def _store(self) -> Store:
+        return self.front.core.service.store
 
     def allowed(self, chat_id: int, user_id: int) -> bool:
         chats = self.front.config.telegram.chats
@@ -131,9 +132,13 @@ class Commands:
         match = CAPTION_COMMAND.match(caption)
         if match is None or not self._for_us(match.group(2)):
             return
-        self._pending.pop((message.chat_id, user.id), None)
-        if message.media_group_id:
-            self._mark_album(message.media_group_id)
+        try:
+            await self._take_ask(message.chat_id, user.id)   # the caption replaces an earlier ask
+            if message.media_group_id:
+                await self._claim_album(message.media_group_id)
+        except UserError as exc:
+            await self._refuse(message, exc)
+            return
         ask = Ask(caption[match.end():].strip(), "hq" if match.group(1).lower() == "hq" else "quick")
         await self._start_job(message, user, message, ask)
 
@@ -155,9 +160,12 @@ class Commands:
         except UserError as exc:
             await self._refuse(message, exc)
             return
-        self._drop_expired_asks()
-        key = (message.chat_id, user.id)
-        self._pending[key] = PendingAsk(ask.prompt, ask.preset, time.monotonic() + PENDING_ASK_S)
+        try:
+            await self._store.put_note(ask_key(message.chat_id, user.id),
+                                       json.dumps({"prompt": ask.prompt, "preset": ask.preset}), PENDING_ASK_S)
+        except UserError as exc:   # the store is unavailable
+            await self._refuse(message, exc)
+            return
         # ForceReply: in groups with privacy mode on, only replies to the bot reach it.
         await reply(self.front.bot, message, t(locale_of(message), "errors.ask_image"),
                     reply_markup=ForceReply(selective=True))
@@ -167,25 +175,32 @@ class Commands:
         if (sent := sender_of(update)) is None:
             return
         message, user = sent
-        if message.media_group_id and message.media_group_id in self._albums:
+        try:
+            # One photo of an album answers the ask: the first to claim the album (on any replica) goes on.
+            if message.media_group_id and not await self._claim_album(message.media_group_id, only_new=True):
+                return
+            pending = await self._take_ask(message.chat_id, user.id)
+        except UserError as exc:   # the store is unavailable
+            await self._refuse(message, exc)
             return
-        self._drop_expired_asks()
-        pending = self._pending.pop((message.chat_id, user.id), None)
         if pending is None:
             return
-        if message.media_group_id:
-            self._mark_album(message.media_group_id)
-        await self._start_job(message, user, message, Ask(pending.prompt, pending.preset))
+        await self._start_job(message, user, message, pending)
 
-    def _drop_expired_asks(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, p in self._pending.items() if p.expires_at < now]:
-            del self._pending[key]
+    async def _take_ask(self, chat_id: int, user_id: int) -> Ask | None:
+        """The user's pending '/animate prompt' in this chat, taken (at most one image answers it)."""
+        note = await self._store.take_note(ask_key(chat_id, user_id))
+        if note is None:
+            return None
+        try:
+            data = json.loads(note)
+            return Ask(str(data["prompt"]), str(data["preset"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
-    def _mark_album(self, group_id: str) -> None:
-        self._albums[group_id] = None
-        while len(self._albums) > SEEN_ALBUMS:
-            self._albums.popitem(last=False)
+    async def _claim_album(self, group_id: str, only_new: bool = False) -> bool:
+        """Mark the album as handled; with only_new, False when it already was."""
+        return await self._store.put_note(f"telegram:album:{group_id}", "1", ALBUM_SEEN_S, only_new=only_new)
 
     def _parse(self, ask: Ask) -> tuple[str, dict]:
         """Caption flags -> (prompt text, options)."""

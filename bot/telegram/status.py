@@ -31,6 +31,7 @@ from bot.telegram.components import keyboard
 from bot.texts import shorten, t
 from engine.errors import UserError
 from engine.jobs import Job
+from engine.queue.resilient import background
 
 if TYPE_CHECKING:
     from bot.telegram.app import TelegramFrontEnd
@@ -42,29 +43,42 @@ PREVIEW_NAME = "preview.gif"
 
 
 class ChatPacer:
-    """Edits in one chat at least `interval` apart, across all jobs there: Telegram limits edits per chat,
-    and several jobs in one group must share that budget. The next edit starts only after the previous answer
-    arrived plus the interval, so even the server's arrival times keep the spacing."""
+    """Edits in one chat at least `interval` apart, across all jobs there and across bot replicas: Telegram
+    limits edits per chat, and several jobs in one group must share that budget. The next edit starts only
+    after the previous answer arrived plus the interval, so even the server's arrival times keep the spacing.
 
-    def __init__(self, interval: float):
+    The spacing lives in the job store (`next_turn` / `push_turn` under `key`), so replicas that follow jobs
+    in the same chat share it (between two replicas' edits, turns start at least `interval` apart) and a
+    flood-control wait holds them all; a lock keeps the edits of this process in line, so only one of them at
+    a time asks the store for a turn."""
+
+    def __init__(self, store: Any, key: str, interval: float):
+        self.store = store
+        self.key = key
         self.interval = interval
         self._lock = asyncio.Lock()
-        self._next_at = 0.0
+        self._held_until = 0.0          # flood control seen here (monotonic), before the store has it
+        self._pushes: set[asyncio.Task] = set()
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         async with self._lock:
-            wait = self._next_at - time.monotonic()
+            wait = max(await self.store.next_turn(self.key, self.interval), self._held_until - time.monotonic())
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
                 yield
             finally:
-                self._next_at = max(self._next_at, time.monotonic() + self.interval)
+                await self.store.push_turn(self.key, self.interval)
 
     def hold(self, seconds: float) -> None:
-        """Flood control: no edit in this chat for `seconds`."""
-        self._next_at = max(self._next_at, time.monotonic() + seconds)
+        """Flood control: no edit in this chat for `seconds` (here at once, in the store as soon as it
+        answers)."""
+        self._held_until = max(self._held_until, time.monotonic() + seconds)
+        task = asyncio.create_task(self.store.push_turn(self.key, seconds), name=f"hold-{self.key}",
+                                   context=background())
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
 
 
 class StatusMessage:

@@ -20,6 +20,17 @@ PR_SET_PDEATHSIG = 1
 POLL_S = 0.5
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine has that id (one that belongs to another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def follow_parent(parent_pid: int, *, prctl: bool = True, poll_s: float = POLL_S) -> bool:
     """Have SIGTERM sent to this process when its parent `parent_pid` ends. False if the parent has ended
     already (or is not this process's parent): then nothing was arranged. `prctl=False` uses the watcher
@@ -55,4 +66,4 @@ def _watch(parent_pid: int, poll_s: float) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-__all__ = ["follow_parent"]
+__all__ = ["follow_parent", "pid_alive"]

@@ -16,6 +16,9 @@ Keys (prefix "animabot:" by default; `RedisStore(url, prefix=...)` or `redis://h
     preview:<id>        "<step>:<base64 GIF>" of a rendering job, expiring (previews are small: ~256 px)
     messages            hash front end's message key -> job id (a result or status message's job)
     meta                hash key -> JSON; step:<shape> list of [step_s, overhead_s]; step_keys: set
+    hold:<name>         "<expires_at> <owner>": a bot replica's hold (kept after it expires, until taken or
+                        released, so a dead replica's holds can be found)
+    note:<key>          a short-lived note (expiring); turn:<key> the next free turn of a shared pacer
 
 Every state change runs in one Lua script, so the indexes above never disagree with the job hashes, and a
 claim takes the next job in `fair_order` however many workers ask at once. Claims, heartbeats and lease
@@ -51,6 +54,7 @@ from engine.queue.store import (
     HOUR_S,
     LEASE_TTL_S,
     STEP_SAMPLES,
+    Hold,
     Limits,
     WorkerInfo,
     fair_order,
@@ -68,6 +72,7 @@ SOCKET_TIMEOUT_S = 5.0      # a call, or a connection, that gets no answer withi
 _PRELUDE = r"""
 local P = ARGV[1]
 local QUEUED, RUNNING, CANCELLED = '"queued"', '"running"', '"cancelled"'
+local HOLD_KEEP_S = 86400   -- an expired hold nobody took is dropped after a day
 local FINAL = {['"done"'] = true, ['"failed"'] = true, ['"cancelled"'] = true}
 
 local function jkey(id) return P .. 'job:' .. id end
@@ -378,10 +383,54 @@ end
 return 'ok'
 """
 
+# ARGV: prefix, owner, ttl_s, name, ... Takes or renews each hold that is free, expired or the owner's.
+_HOLD = r"""
+local owner, now = ARGV[2], tonumber(server_now())
+local ttl = tonumber(ARGV[3])
+local held = {}
+for i = 4, #ARGV do
+  local key = P .. 'hold:' .. ARGV[i]
+  local cur = redis.call('GET', key)
+  local until_at, who = nil, nil
+  if cur then until_at, who = string.match(cur, '^(%S+) (.*)$') end
+  if not cur or who == owner or tonumber(until_at) <= now then
+    redis.call('SET', key, string.format('%.6f', now + ttl) .. ' ' .. owner, 'EX', HOLD_KEEP_S)
+    held[#held + 1] = ARGV[i]
+  end
+end
+return held
+"""
+
+# ARGV: prefix, owner, name, ...
+_RELEASE = r"""
+for i = 3, #ARGV do
+  local key = P .. 'hold:' .. ARGV[i]
+  local cur = redis.call('GET', key)
+  if cur and string.match(cur, '^%S+ (.*)$') == ARGV[2] then redis.call('DEL', key) end
+end
+return 'ok'
+"""
+
+# ARGV: prefix, key, interval_s (next) or delay_s (push), mode. Returns the wait before the reserved turn.
+_TURN = r"""
+local key, now, span = P .. 'turn:' .. ARGV[2], tonumber(server_now()), tonumber(ARGV[3])
+local nxt = tonumber(redis.call('GET', key) or '0')
+local at, wait = math.max(now, nxt), 0
+if ARGV[4] == 'next' then
+  wait = at - now
+  at = at + span
+else
+  at = math.max(nxt, now + span)
+end
+redis.call('SET', key, string.format('%.6f', at), 'PX', math.ceil((at - now) * 1000) + 60000)
+return string.format('%.6f', wait)
+"""
+
 _SCRIPTS = {
     "submit": _SUBMIT, "record": _RECORD, "claim": _CLAIM, "update": _UPDATE, "finish": _FINISH, "cancel": _CANCEL,
     "recover": _RECOVER, "delete": _DELETE, "changes": _CHANGES, "queued": _QUEUED, "acquire": _ACQUIRE,
-    "heartbeat": _HEARTBEAT, "forget_leases": _FORGET_LEASES, "preview": _PREVIEW,
+    "heartbeat": _HEARTBEAT, "forget_leases": _FORGET_LEASES, "preview": _PREVIEW, "hold": _HOLD,
+    "release": _RELEASE, "turn": _TURN, "now": "return server_now()",
 }
 
 
@@ -718,3 +767,45 @@ class RedisStore:
         recent = cast("list[tuple[str, float]]", await self.redis.zrangebyscore(
             self.key("submissions", user), time.time() - HOUR_S, "+inf", withscores=True))
         return len(recent), (min(float(score) for _, score in recent) if recent else None)
+
+    # ---- bot replicas: holds, notes, turns ----
+
+    async def hold(self, names: Collection[str], owner: str, ttl_s: float) -> list[str]:
+        """Take or renew each named hold that is free, expired or already `owner`'s; returns those now held."""
+        return list(await self._run("hold", owner, ttl_s, *names)) if names else []
+
+    async def release(self, names: Collection[str], owner: str) -> None:
+        if names:
+            await self._run("release", owner, *names)
+
+    async def holders(self, prefix: str) -> dict[str, Hold]:
+        start = len(self.key("hold", ""))
+        keys = [k async for k in self.redis.scan_iter(match=self.key("hold", _glob_escape(prefix)) + "*", count=500)]
+        if not keys:
+            return {}
+        now = float(await self._run("now"))
+        out = {}
+        for key, raw in zip(keys, await self.redis.mget(keys), strict=True):
+            if raw:
+                until, _, owner = cast(str, raw).partition(" ")
+                out[cast(str, key)[start:]] = Hold(owner, float(until), float(until) > now)
+        return out
+
+    async def put_note(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool:
+        """Keep `value` under `key` for `ttl_s`; with only_new, only if no note has that key (True if written)."""
+        return bool(await self.redis.set(self.key("note", key), value, px=max(1, int(ttl_s * 1000)), nx=only_new))
+
+    async def take_note(self, key: str) -> str | None:
+        return cast("str | None", await self.redis.getdel(self.key("note", key)))
+
+    async def next_turn(self, key: str, interval_s: float) -> float:
+        """Reserve the next turn of `key` (turns at least `interval_s` apart, across processes and machines, by
+        the Redis server's clock); returns how long to wait for it."""
+        return float(await self._run("turn", key, interval_s, "next"))
+
+    async def push_turn(self, key: str, delay_s: float) -> None:
+        await self._run("turn", key, delay_s, "push")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

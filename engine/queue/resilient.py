@@ -34,7 +34,7 @@ from typing import Any
 
 from engine.errors import UserError, first_line
 from engine.jobs import Job, JobState
-from engine.queue.store import Limits, Store, WorkerInfo
+from engine.queue.store import Hold, Limits, Store, WorkerInfo
 
 log = logging.getLogger("engine.queue.store")
 
@@ -407,6 +407,29 @@ class ResilientStore:
 
     async def hour_usage(self, user: str) -> tuple[int, float | None]:
         return await self._call("hour_usage", user)
+
+    # ---- bot replicas ----
+
+    async def hold(self, names: Collection[str], owner: str, ttl_s: float) -> list[str]:
+        return await self._call("hold", list(names), owner, ttl_s)
+
+    async def release(self, names: Collection[str], owner: str) -> None:
+        await self._call("release", list(names), owner)
+
+    async def holders(self, prefix: str) -> dict[str, Hold]:
+        return await self._call("holders", prefix)
+
+    async def put_note(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool:
+        return await self._call("put_note", key, value, ttl_s, only_new)
+
+    async def take_note(self, key: str) -> str | None:
+        return await self._call("take_note", key)
+
+    async def next_turn(self, key: str, interval_s: float) -> float:
+        return await self._call("next_turn", key, interval_s)
+
+    async def push_turn(self, key: str, delay_s: float) -> None:
+        await self._call("push_turn", key, delay_s)
 
 
 __all__ = ["DEFAULT_WAIT_S", "ResilientStore", "StoreFault", "background", "fault_of", "resilient",

@@ -27,6 +27,7 @@ from engine.queue.store import (
     HOUR_S,
     LEASE_TTL_S,
     STEP_SAMPLES,
+    Hold,
     Limits,
     WorkerInfo,
     fair_order,
@@ -58,9 +59,12 @@ CREATE INDEX IF NOT EXISTS submissions_user ON submissions(user, at);
 CREATE TABLE IF NOT EXISTS messages (key TEXT PRIMARY KEY, job TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS previews (job TEXT PRIMARY KEY, step INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_job ON messages(job);
+CREATE TABLE IF NOT EXISTS holds (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL);
 """
 
 
+TURN_KEEP_S = 60.0     # a pacing turn is forgotten this long after it passed
 CHANGE_POLL_S = 0.01   # how often an idle waiter looks for another process's commit (wait_for_change)
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -548,3 +552,80 @@ class SQLiteStore:
             return int(count), oldest
         return await self._retry(q)
 
+    # ---- bot replicas: holds, notes, turns ----
+
+    async def hold(self, names: Collection[str], owner: str, ttl_s: float) -> list[str]:
+        """Take or renew each named hold that is free, expired or already `owner`'s; returns those now held."""
+        async def tx():
+            now = time.time()
+            held = []
+            for name in names:
+                cur = await self.db.execute(
+                    "INSERT INTO holds(name, owner, expires_at) VALUES(?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                    "SET owner=excluded.owner, expires_at=excluded.expires_at "
+                    "WHERE holds.owner=excluded.owner OR holds.expires_at<=? RETURNING name",
+                    (name, owner, now + ttl_s, now))
+                if await cur.fetchone():
+                    held.append(name)
+            return held
+        return await self._write(tx) if names else []
+
+    async def release(self, names: Collection[str], owner: str) -> None:
+        async def tx():
+            await self.db.executemany("DELETE FROM holds WHERE name=? AND owner=?", [(n, owner) for n in names])
+        if names:
+            await self._write(tx)
+
+    async def holders(self, prefix: str) -> dict[str, Hold]:
+        async def q():
+            now = time.time()
+            cur = await self.db.execute("SELECT name, owner, expires_at FROM holds WHERE substr(name, 1, ?)=?",
+                                        (len(prefix), prefix))
+            return {n: Hold(o, e, e > now) for n, o, e in await cur.fetchall()}
+        return await self._retry(q)
+
+    async def put_note(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool:
+        """Keep `value` under `key` for `ttl_s`; with only_new, only if no live note has that key (True if
+        written)."""
+        async def tx():
+            now = time.time()
+            await self.db.execute("DELETE FROM notes WHERE expires_at<=?", (now,))   # notes are few and short
+            conflict = "NOTHING" if only_new else "UPDATE SET value=excluded.value, expires_at=excluded.expires_at"
+            cur = await self.db.execute(f"INSERT INTO notes(key, value, expires_at) VALUES(?, ?, ?) "
+                                        f"ON CONFLICT(key) DO {conflict} RETURNING key", (key, value, now + ttl_s))
+            return await cur.fetchone() is not None
+        return await self._write(tx)
+
+    async def take_note(self, key: str) -> str | None:
+        async def tx():
+            cur = await self.db.execute("DELETE FROM notes WHERE key=? RETURNING value, expires_at", (key,))
+            row = await cur.fetchone()
+            return row[0] if row and row[1] > time.time() else None
+        return await self._write(tx)
+
+    async def next_turn(self, key: str, interval_s: float) -> float:
+        """Reserve the next turn of `key` (turns at least `interval_s` apart, across processes); returns how
+        long to wait for it."""
+        async def tx():
+            now = time.time()
+            at = max(now, await self._turn_at(key, now))
+            await self._set_turn(key, at + interval_s)
+            return at - now
+        return await self._write(tx)
+
+    async def push_turn(self, key: str, delay_s: float) -> None:
+        async def tx():
+            now = time.time()
+            await self._set_turn(key, max(now + delay_s, await self._turn_at(key, now)))
+        await self._write(tx)
+
+    async def _turn_at(self, key: str, now: float) -> float:
+        """When the next turn of `key` is free (0 when none is reserved)."""
+        cur = await self.db.execute("SELECT value FROM notes WHERE key=? AND expires_at>?", (f"turn:{key}", now))
+        row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def _set_turn(self, key: str, at: float) -> None:
+        await self.db.execute(
+            "INSERT INTO notes(key, value, expires_at) VALUES(?, ?, ?) ON CONFLICT(key) DO UPDATE "
+            "SET value=excluded.value, expires_at=excluded.expires_at", (f"turn:{key}", repr(at), at + TURN_KEEP_S))

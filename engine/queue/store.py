@@ -41,6 +41,16 @@ class WorkerInfo:
         return time.time() - self.heartbeat_at < LEASE_TTL_S
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A named lease of a bot replica (a job it follows, a Discord shard, the Telegram poller). A hold that
+    expired stays listed (`live` False) until another replica takes it or its owner releases it, so what a
+    dead replica held can be found and taken over."""
+    owner: str
+    expires_at: float
+    live: bool
+
+
 # ---- the rules ----
 
 def limit_refusal(limits: Limits, *, queued_total: int, user_active: int, hour_count: int,
@@ -154,3 +164,12 @@ class Store(Protocol):
     async def step_times(self) -> dict[str, tuple[float, float]]: ...
     async def last_served(self) -> dict[str, float]: ...
     async def hour_usage(self, user: str) -> tuple[int, float | None]: ...   # submissions in the last hour, oldest
+
+    # bot replicas on one store (bot/replicas.py): holds, short-lived notes, shared pacing
+    async def hold(self, names: Collection[str], owner: str, ttl_s: float) -> list[str]: ...   # those now held
+    async def release(self, names: Collection[str], owner: str) -> None: ...
+    async def holders(self, prefix: str) -> dict[str, Hold]: ...   # every hold whose name starts so, live or not
+    async def put_note(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool: ...
+    async def take_note(self, key: str) -> str | None: ...   # read and delete at once
+    async def next_turn(self, key: str, interval_s: float) -> float: ...   # seconds to wait for the next turn
+    async def push_turn(self, key: str, delay_s: float) -> None: ...   # no turn before `delay_s` from now

@@ -31,6 +31,7 @@ from engine.errors import ModelError, UserError
 from engine.families import family_of_model, served_key
 from engine.jobs import Job, JobState
 from engine.queue.backends import is_redis_url, open_store
+from engine.queue.parent import pid_alive
 from engine.queue.resilient import StoreFault, store_patience
 from engine.queue.resilient import resilient as resilient_store
 from engine.queue.store import Store, shape_key
@@ -124,7 +125,7 @@ class Worker:
         """A worker killed on this machine (SIGKILL, OOM killer) leaves a lease behind: its pid tells."""
         host = socket.gethostname()
         for info in await self.store.workers():
-            if info.owner.split(":", 1)[0] == host and info.pid and not _pid_alive(info.pid):
+            if info.owner.split(":", 1)[0] == host and info.pid and not pid_alive(info.pid):
                 log.info("releasing the lease of dead worker %s", info.owner)
                 await self.store.release_lease(info.owner)
 
@@ -447,16 +448,6 @@ class Worker:
                 pass
             except Exception:
                 log.exception("progress write failed for job %s", job.id)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def run_worker(config: Config, store_url: str | None = None, model: str | None = None) -> None:

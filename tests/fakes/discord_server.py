@@ -608,6 +608,7 @@ class FakeDiscord:
         echo_message_events: bool = True,
         gateway_wait_s: float = 2.0,
         port: int = 0,
+        recommended_shards: int = 1,
     ):
         self.token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -618,6 +619,7 @@ class FakeDiscord:
         self.strict_commands = strict_commands
         self.echo_message_events = echo_message_events
         self.gateway_wait_s = gateway_wait_s
+        self.recommended_shards = recommended_shards
 
         self._ids = _Snowflakes()
         self.application_id = self._ids.next()
@@ -655,8 +657,10 @@ class FakeDiscord:
         self.member_permissions: dict[int, int] = {}
         self.channels: dict[int, dict[str, Any]] = {}
         self.dm_channels: dict[int, int] = {}  # user id -> DM channel id
+        self._default_channels: dict[int, int] = {}  # guild id -> where its interactions happen by default
         self._add_user(self.bot_user_id, "fakebot", bot=True)
-        self.guild = self._build_guild()
+        self.guild = self._build_guild(self.guild_id, "Fake Guild")
+        self.guilds: dict[int, dict[str, Any]] = {self.guild_id: self.guild}   # every server the bot is in
         self._add_guild_channel(self.channel_id, "general")
         self.add_member("owner", user_id=self.owner_id, permissions=ALL_PERMISSIONS)
         self.add_member("alice", user_id=self.user_id)
@@ -736,10 +740,10 @@ class FakeDiscord:
         self.users[user_id] = user
         return user
 
-    def _build_guild(self) -> dict[str, Any]:
+    def _build_guild(self, guild_id: int, name: str) -> dict[str, Any]:
         return {
-            "id": str(self.guild_id),
-            "name": "Fake Guild",
+            "id": str(guild_id),
+            "name": name,
             "icon": None,
             "splash": None,
             "discovery_splash": None,
@@ -751,7 +755,7 @@ class FakeDiscord:
             "explicit_content_filter": 0,
             "roles": [
                 {
-                    "id": str(self.guild_id),  # @everyone shares the guild id
+                    "id": str(guild_id),  # @everyone shares the guild id
                     "name": "@everyone",
                     "color": 0,
                     "hoist": False,
@@ -781,12 +785,12 @@ class FakeDiscord:
             "premium_progress_bar_enabled": False,
         }
 
-    def _add_guild_channel(self, channel_id: int, name: str, channel_type: int = 0, nsfw: bool = False
-                           ) -> dict[str, Any]:
+    def _add_guild_channel(self, channel_id: int, name: str, channel_type: int = 0, nsfw: bool = False,
+                           guild_id: int | None = None) -> dict[str, Any]:
         channel = {
             "id": str(channel_id),
             "type": channel_type,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(guild_id or self.guild_id),
             "name": name,
             "position": len(self.channels),
             "permission_overwrites": [],
@@ -800,7 +804,7 @@ class FakeDiscord:
         self.channels[channel_id] = channel
         return channel
 
-    def _add_guild_member(self, user_id: int, *, permissions: int) -> dict[str, Any]:
+    def _add_guild_member(self, user_id: int, *, permissions: int, guild_id: int | None = None) -> dict[str, Any]:
         member = {
             "user": self.users[user_id],
             "nick": None,
@@ -814,7 +818,7 @@ class FakeDiscord:
             "pending": False,
             "communication_disabled_until": None,
         }
-        self.members[self.guild_id][user_id] = member
+        self.members[guild_id or self.guild_id][user_id] = member
         self.member_permissions[user_id] = permissions
         return member
 
@@ -830,6 +834,25 @@ class FakeDiscord:
             "GUILD_MEMBER_ADD", {**member, "guild_id": str(self.guild_id)}, INTENT_GUILD_MEMBERS
         )
         return user_id
+
+    def add_guild(self, name: str, *, shard: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Another server the bot is in, with a "general" text channel and the first server's members; returns
+        (guild id, channel id). ``shard=(i, n)`` picks its id so that Discord routes it to shard i of n:
+        ``(guild_id >> 22) % n == i`` (the id's time part moves up to n-1 ms on)."""
+        guild_id = self._ids.next()
+        if shard is not None:
+            index, count = shard
+            ms = guild_id >> 22
+            guild_id = (ms + (index - ms) % count) << 22
+            self._ids._last = max(self._ids._last, guild_id)
+        self.guilds[guild_id] = self._build_guild(guild_id, name)
+        self.members[guild_id] = {}
+        channel_id = self._ids.next()
+        self._add_guild_channel(channel_id, "general", guild_id=guild_id)
+        for user_id in self.members[self.guild_id]:
+            self._add_guild_member(user_id, permissions=self.member_permissions[user_id], guild_id=guild_id)
+        self._default_channels[guild_id] = channel_id
+        return guild_id, channel_id
 
     def add_channel(self, name: str, channel_type: int = 0, nsfw: bool = False) -> int:
         """Add a guild channel (type 0 text by default; ``nsfw``: age-restricted); returns its id."""
@@ -1155,7 +1178,8 @@ class FakeDiscord:
 
     async def _get_gateway_bot(self, record: RecordedRequest) -> web.Response:
         limit = {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}
-        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+        return json_response({"url": self.gateway_url, "shards": self.recommended_shards,
+                              "session_start_limit": limit})
 
     async def _create_dm(self, record: RecordedRequest) -> web.Response:
         recipient = int((record.json or {}).get("recipient_id", 0))
@@ -1166,12 +1190,12 @@ class FakeDiscord:
     # ------------------------------------------------------------------ REST: guilds
 
     def _guild_or_404(self, guild_id: str) -> None:
-        if int(guild_id) != self.guild_id:
+        if int(guild_id) not in self.guilds:
             raise _ApiError(404, 10004, "Unknown Guild")
 
     async def _get_guild(self, record: RecordedRequest, guild_id: str) -> web.Response:
         self._guild_or_404(guild_id)
-        return json_response(self.guild)
+        return json_response(self.guilds[int(guild_id)])
 
     async def _get_guild_channels(self, record: RecordedRequest, guild_id: str) -> web.Response:
         self._guild_or_404(guild_id)
@@ -1179,7 +1203,7 @@ class FakeDiscord:
 
     async def _get_guild_member(self, record: RecordedRequest, guild_id: str, user_id: str) -> web.Response:
         self._guild_or_404(guild_id)
-        member = self.members[self.guild_id].get(int(user_id))
+        member = self.members[int(guild_id)].get(int(user_id))
         if member is None:
             raise _ApiError(404, ERR_UNKNOWN_MEMBER, "Unknown Member")
         return json_response(member)
@@ -1805,7 +1829,7 @@ class FakeDiscord:
         ready = {
             "v": 10,
             "user": {**self.users[self.bot_user_id], "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}] if self._owns_guild(session) else [],
+            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds if self._owns_guild(session, g)],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1819,8 +1843,9 @@ class FakeDiscord:
         if data.get("shard"):
             ready["shard"] = list(shard)
         await self._send_dispatch(conn, "READY", ready)
-        if self._owns_guild(session) and session.intents & INTENT_GUILDS:
-            await self._send_dispatch(conn, "GUILD_CREATE", self._guild_create(session))
+        if session.intents & INTENT_GUILDS:
+            for guild_id in [g for g in self.guilds if self._owns_guild(session, g)]:
+                await self._send_dispatch(conn, "GUILD_CREATE", self._guild_create(session, guild_id))
         conn.ready = True
         self._notify()
 
@@ -1828,21 +1853,21 @@ class FakeDiscord:
         shard_id, shard_count = session.shard
         return ((guild_id or self.guild_id) >> 22) % shard_count == shard_id
 
-    def _guild_create(self, session: GatewaySession) -> dict[str, Any]:
-        members = self.members[self.guild_id]
+    def _guild_create(self, session: GatewaySession, guild_id: int) -> dict[str, Any]:
+        members = self.members[guild_id]
         visible = (
             members
             if session.intents & INTENT_GUILD_MEMBERS
             else {self.bot_user_id: members[self.bot_user_id]}
         )
         return {
-            **self.guild,
+            **self.guilds[guild_id],
             "unavailable": False,
             "large": False,
             "member_count": len(members),
             "joined_at": dt.datetime.now(dt.UTC).isoformat(),
             "members": list(visible.values()),
-            "channels": [c for c in self.channels.values() if c.get("guild_id") == str(self.guild_id)],
+            "channels": [c for c in self.channels.values() if c.get("guild_id") == str(guild_id)],
             "threads": [],
             "presences": [],
             "voice_states": [],
@@ -1978,8 +2003,8 @@ class FakeDiscord:
 
     # ------------------------------------------------------------------ interaction dispatch helpers
 
-    def _member_payload(self, user_id: int) -> dict[str, Any]:
-        member = self.members[self.guild_id].get(user_id)
+    def _member_payload(self, user_id: int, guild_id: int) -> dict[str, Any]:
+        member = self.members[guild_id].get(user_id)
         if member is None:
             raise KeyError(f"user {user_id} is not a member of the fake guild")
         return {**member, "permissions": str(self.member_permissions[user_id])}
@@ -1997,7 +2022,8 @@ class FakeDiscord:
         user_id = user_id or self.user_id
         guild_id = self.guild_id if guild_id is _GUILD_DEFAULT else guild_id
         if channel_id is None:
-            channel_id = self.channel_id if guild_id is not None else self.dm_channel(user_id)
+            channel_id = (self._default_channels.get(guild_id, self.channel_id) if guild_id is not None
+                          else self.dm_channel(user_id))
         payload: dict[str, Any] = {
             "id": str(self._ids.next()),
             "application_id": str(self.application_id),
@@ -2015,9 +2041,10 @@ class FakeDiscord:
             payload["data"] = data
         if guild_id is not None:
             payload["guild_id"] = str(guild_id)
-            payload["guild"] = {"id": str(guild_id), "locale": self.guild["preferred_locale"], "features": []}
-            payload["guild_locale"] = self.guild["preferred_locale"]
-            payload["member"] = self._member_payload(user_id)
+            guild = self.guilds[int(guild_id)]
+            payload["guild"] = {"id": str(guild_id), "locale": guild["preferred_locale"], "features": []}
+            payload["guild_locale"] = guild["preferred_locale"]
+            payload["member"] = self._member_payload(user_id, int(guild_id))
             payload["authorizing_integration_owners"] = {"0": str(guild_id)}
             payload["context"] = 0
         else:

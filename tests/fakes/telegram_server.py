@@ -41,10 +41,22 @@ Injecting updates (each gets the next update_id; they stay pending until a getUp
     `press_button(chat, user, message, callback_data)` -> CallbackQuery (the data must be on one of the
         message's inline buttons, as only those can be pressed).
     `inject_update(payload)` queues any other update dict (e.g. `{"my_chat_member": {...}}`).
+    `update(message_or_query_or_id)` is the pending update's dict, as getUpdates would give it.
     `file_size=` declares a size without storing that many bytes, so "file is too big" paths are cheap.
 
+Webhooks
+    `setWebhook` (url, secret_token, allowed_updates, max_connections, ip_address, drop_pending_updates; an
+    empty url deletes it), `deleteWebhook` and `getWebhookInfo` keep `fake.webhook` (None, or a dict of those
+    settings). While a webhook is set, getUpdates answers 409 "Conflict: can't use getUpdates method while
+    webhook is active; use deleteWebhook to delete the webhook first", as Telegram does. Telegram wants an
+    https URL; the fake also takes http, for servers on 127.0.0.1. The fake never posts updates by itself: a
+    test delivers each pending update with `await fake.post_update(url, message_or_query_or_id,
+    secret_token=...)`, which posts its JSON with the `X-Telegram-Bot-Api-Secret-Token` header (by default
+    the webhook's secret; None sends none) and returns the HTTP status; a 200 delivers it (no longer
+    pending). Each post is in `fake.webhook_posts` as (url, update_id, status).
+
 Bot API methods answered
-    getMe, deleteWebhook, getUpdates, getFile (+ downloads at /file/bot<token>/<file_path>), sendMessage,
+    getMe, setWebhook, deleteWebhook, getWebhookInfo, getUpdates, getFile (+ downloads at /file/bot<token>/<file_path>), sendMessage,
     editMessageText, editMessageCaption, editMessageReplyMarkup, deleteMessage, answerCallbackQuery, getChatMember,
     sendVideo, sendAnimation, sendPhoto, sendDocument, sendChatAction, setMyCommands, getMyCommands,
     deleteMyCommands. Any other method is recorded and answered with HTTP 404
@@ -57,7 +69,10 @@ Behaviour copied from the real server
     A method call with a token other than `token` is answered 401
     `{"ok": false, "error_code": 401, "description": "Unauthorized"}`, as for a revoked token.
     getUpdates answers at once when updates are pending or `timeout` is 0, and otherwise waits up to
-    `timeout` seconds. A newer getUpdates, or closing the fake, releases an older waiting one with [].
+    `timeout` seconds; closing the fake releases a waiting one with []. A newer getUpdates terminates an
+    older one still waiting: with 409 "Conflict: terminated by other getUpdates request; ..." when its client
+    still waits for the answer (two pollers at once: the time is added to `fake.poll_conflicts`), and
+    silently (recorded with status 499) when its client hung up, as a killed or stopped poller does.
     Message ids follow one sequence per chat, shared by user and bot messages.
     getFile refuses files over `download_limit` (20 MB) with 400 "Bad Request: file is too big"; uploads
     over `upload_limit` (50 MB) get 413. parse_mode=HTML is rendered (tags stripped, entities unescaped)
@@ -105,6 +120,7 @@ How python-telegram-bot 22 surfaces these answers
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import html
 import io
 import itertools
@@ -117,6 +133,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 TEXT_LIMIT = 4096
@@ -127,6 +144,13 @@ UPLOAD_LIMIT = 50 * 1024 * 1024
 CONFLICT = (
     "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
 )
+WEBHOOK_CONFLICT = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+)
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_SET_SECRET: Any = object()   # post_update's default: the secret token of the webhook that is set
+_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar("fake_telegram_request", default=None)
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are exactly "
     "the same as a content and reply markup of the current message"
@@ -648,8 +672,12 @@ class FakeTelegram:
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._poll_generation = 0
+        self._live_polls: dict[int, tuple[web.Request | None, list[str]]] = {}   # generation -> (request, verdict)
         self.waiting_polls = 0
+        self.poll_conflicts: list[float] = []
         self.other_instance = False
+        self.webhook: dict[str, Any] | None = None
+        self.webhook_posts: list[tuple[str, int, int]] = []
         self._runner: web.AppRunner | None = None
         self.port = port
 
@@ -868,6 +896,41 @@ class FakeTelegram:
     def pending_updates(self) -> list[dict[str, Any]]:
         return list(self._updates)
 
+    def update(self, which: ChatMessage | CallbackQuery | int) -> dict[str, Any]:
+        """The update (as getUpdates gives it) of a message or button press injected here, or of an update id;
+        KeyError once it was confirmed or delivered."""
+        update_id = which if isinstance(which, int) else which.update_id
+        for update in self._updates:
+            if update["update_id"] == update_id:
+                return update
+        raise KeyError(f"update {update_id} is not pending")
+
+    async def post_update(
+        self,
+        url: str,
+        which: ChatMessage | CallbackQuery | int | dict[str, Any],
+        secret_token: Any = _SET_SECRET,
+        timeout: float = 10.0,
+    ) -> int:
+        """Post an update to a webhook server as Telegram does (JSON body, the secret token header) and return
+        the HTTP status; on 200 the update counts as delivered and is no longer pending. `secret_token`: that
+        of the webhook set (default), another string, or None for no header. A server that cannot be reached
+        raises aiohttp.ClientError (a load balancer would try the next one). The fake never posts by itself:
+        the test plays Telegram and the load balancer."""
+        update = which if isinstance(which, dict) else self.update(which)
+        if secret_token is _SET_SECRET:
+            secret_token = (self.webhook or {}).get("secret_token")
+        headers = {SECRET_HEADER: secret_token} if secret_token is not None else {}
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                    session.post(url, json=update, headers=headers) as response):
+            await response.read()
+            status = response.status
+        self.webhook_posts.append((url, update["update_id"], status))
+        if status == 200:
+            self._updates = [u for u in self._updates if u["update_id"] != update["update_id"]]
+        self._notify()
+        return status
+
     def _new_message(self, chat: Chat, sender: User, reply_to: ChatMessage | int | None) -> ChatMessage:
         chat = self._add_chat(chat)
         message_id = self._next_message_id[chat.id]
@@ -1011,6 +1074,7 @@ class FakeTelegram:
         if request.match_info["token"] != self.token:
             return _json_response(ApiError(401, "Unauthorized").payload(), 401)
         call = Call(method, {}, {}, received)
+        _request.set(request)
         try:
             call.params, call.files = await _read_params(request)
             await self._apply_fault(call)
@@ -1080,30 +1144,93 @@ class FakeTelegram:
     async def _api_deletewebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> bool:
         if params.get("drop_pending_updates"):
             self._updates.clear()
+        self.webhook = None
         return True
+
+    async def _api_setwebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> bool:
+        url = str(params.get("url") or "")
+        if not url:   # an empty url removes the webhook, as deleteWebhook does
+            return await self._api_deletewebhook(params, files)
+        if not url.startswith(("https://", "http://")):   # Telegram wants https; the fake takes local http too
+            raise bad_request("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not SECRET_TOKEN_RE.match(str(secret)):
+            raise bad_request("secret token contains unallowed characters")
+        allowed = params.get("allowed_updates")
+        if allowed is not None and not isinstance(allowed, list):
+            raise bad_request("can't parse allowed updates")
+        max_connections = int(params.get("max_connections") or 40)
+        if not 1 <= max_connections <= 100:
+            raise bad_request("bad webhook: max_connections must be between 1 and 100")
+        if params.get("drop_pending_updates"):
+            self._updates.clear()
+        self.webhook = {"url": url, "secret_token": secret, "allowed_updates": allowed,
+                        "max_connections": max_connections, "ip_address": params.get("ip_address")}
+        self._notify()   # a waiting long poll is now in conflict with the webhook
+        return True
+
+    async def _api_getwebhookinfo(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        hook = self.webhook
+        info: dict[str, Any] = {"url": hook["url"] if hook else "", "has_custom_certificate": False,
+                                "pending_update_count": len(self._updates)}
+        if hook:
+            info["max_connections"] = hook["max_connections"]
+            if hook["allowed_updates"] is not None:
+                info["allowed_updates"] = hook["allowed_updates"]
+            if hook["ip_address"]:
+                info["ip_address"] = hook["ip_address"]
+        return info
 
     async def _api_getupdates(
         self, params: dict[str, Any], files: dict[str, UploadedFile]
     ) -> list[dict[str, Any]]:
+        if self.webhook is not None:
+            raise ApiError(409, WEBHOOK_CONFLICT)
         if self.other_instance:
             raise ApiError(409, CONFLICT)
+        generation = self._start_poll()
+        try:
+            return await self._poll(params, generation)
+        finally:
+            self._live_polls.pop(generation, None)
+
+    def _start_poll(self) -> int:
+        """Register a getUpdates; an older one still in flight is terminated (`_poll`)."""
+        self._poll_generation += 1
+        generation = self._poll_generation
+        for _, verdict in self._live_polls.values():
+            verdict.append("superseded")
+        self._live_polls[generation] = (_request.get(), [])
+        return generation
+
+    async def _poll(self, params: dict[str, Any], generation: int) -> list[dict[str, Any]]:
+        verdict = self._live_polls[generation][1]
         offset = params.get("offset")
         if isinstance(offset, int):
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
         limit = int(params.get("limit") or 100)
         timeout = float(params.get("timeout") or 0)
         allowed = params.get("allowed_updates") or None
-        self._poll_generation += 1
-        generation = self._poll_generation
         self._notify()  # releases an older long poll that is still waiting
         deadline = asyncio.get_running_loop().time() + timeout
         waiting = False
         try:
             while True:
                 changed = self._changed
+                if verdict:
+                    # Terminated by a newer getUpdates, as Telegram does: 409 when its client still waits (two
+                    # pollers at once); nothing when the client hung up (a poller killed or stopped), which
+                    # may take a moment to show.
+                    await self._sleep(0.1)
+                    if _client_there(self._live_polls[generation][0]):
+                        self.poll_conflicts.append(self.clock())
+                        raise ApiError(409, CONFLICT)
+                    raise ApiError(499, "client closed the request")
+                if self.webhook is not None:
+                    raise ApiError(409, WEBHOOK_CONFLICT)
                 batch = [u for u in self._updates if allowed is None or _update_type(u) in allowed][:limit]
                 remaining = deadline - asyncio.get_running_loop().time()
-                if batch or remaining <= 0 or self._closing.is_set() or generation != self._poll_generation:
+                if batch or remaining <= 0 or self._closing.is_set():
                     return batch
                 if not waiting:
                     # Announced once, then looked at again: the announcement sets the event just captured, and
@@ -1436,6 +1563,12 @@ def _default_description(status: int) -> str:
         500: "Internal Server Error",
         502: "Bad Gateway",
     }.get(status, "Error")
+
+
+def _client_there(request: web.Request | None) -> bool:
+    """Whether the client of a request still waits for its answer (its connection is open)."""
+    transport = request.transport if request is not None else None
+    return transport is not None and not transport.is_closing()
 
 
 def _update_type(update: dict[str, Any]) -> str:
