@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import io
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,21 @@ TINY_PRESETS = {
            "smooth": False},
     "lite": {"steps": 2, "scheduler": "dpmpp_2m", "pixels": 64 * 64, "frames": 2, "fps": 8, "fallback": ""},
 }
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "the condition",
+                     every: float = 0.05) -> Any:
+    """Poll `check` (plain or async) until it returns something truthy, and return that; fail after `timeout`
+    seconds (for state that does not wake a fake's `wait_for`: the store, processes, log files)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not met within {timeout:g} s: {what}"
+        await asyncio.sleep(every)
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

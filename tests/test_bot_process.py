@@ -2,7 +2,6 @@
 against the local fakes, the worker as a child process that is restarted when it dies, a clean SIGTERM, and
 logs that never contain a token."""
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from engine.config import load_config
 from engine.queue.sqlite_store import SQLiteStore
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram
-from tests.harness import TINY_PRESETS, photo_bytes, write_config
+from tests.harness import TINY_PRESETS, eventually, photo_bytes, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(150)
@@ -29,14 +28,6 @@ async def worker_pid(store_path: Path) -> int | None:
         return alive[0].pid if alive else None
     finally:
         await store.close()
-
-
-async def until(check, timeout=60.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := await check()):
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-    return value
 
 
 async def test_bot_process_serves_both_platforms_restarts_its_worker_and_never_logs_tokens(tmp_path):
@@ -62,13 +53,13 @@ async def test_bot_process_serves_both_platforms_restarts_its_worker_and_never_l
                                    stdout=log, stderr=subprocess.STDOUT)
         try:
             store_path = load_config(cfg).storage.url
-            first_worker = await until(lambda: worker_pid(Path(store_path)))
+            first_worker = await eventually(lambda: worker_pid(Path(store_path)), 60, every=0.1)
             await dfake.wait_until_connected(timeout=30)
 
             # Telegram: a captioned photo; the worker is killed mid-render and the job still arrives.
             alice = tfake.user("Alice", language_code="en")
             tfake.send_photo(tfake.private_chat(alice), alice, photo_bytes(), caption="/animate a cat turning")
-            await until(lambda: _running_job(Path(store_path)))
+            await eventually(lambda: _running_job(Path(store_path)), 60, every=0.1)
             os.kill(first_worker, signal.SIGKILL)
             await tfake.wait_for(lambda: [c for c in tfake.calls_to("sendVideo") if c.ok], 90)
             second_worker = await worker_pid(Path(store_path))

@@ -3,7 +3,6 @@ routes each guild's interactions to shard `(guild_id >> 22) % 2`), with a GPU wo
 replica is SIGKILLed mid-render: the survivor takes over its statuses and deliveries and then its shard, and
 every job is answered exactly once."""
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from engine.queue.redis_store import RedisStore
 from tests.fakes.discord_server import FakeDiscord
-from tests.harness import TINY_PRESETS, photo_bytes, write_config
+from tests.harness import TINY_PRESETS, eventually, photo_bytes, write_config
 from tests.redis_server import running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.timeout(240)
 def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-async def until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check() if asyncio.iscoroutinefunction(check) else check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def results(fake: FakeDiscord) -> dict[str, int]:
@@ -81,7 +70,7 @@ async def test_two_replicas_share_the_shards_and_the_survivor_finishes_a_killed_
                     owners = {name: h.owner for name, h in holds.items() if h.live}
                     connected = all(fake._connection_for(g) for g in (fake.guild_id, guild_b))
                     return owners if len(set(owners.values())) == 2 and connected else None
-                owners = await until(shard_owners, 90, "each replica to run one shard")
+                owners = await eventually(shard_owners, 90, "each replica to run one shard")
                 victim_pid = int(owners[f"discord:shard:{first_shard}"].split("/")[1])
                 victim = next(b for b in bots if b.pid == victim_pid)
 
@@ -100,7 +89,7 @@ async def test_two_replicas_share_the_shards_and_the_survivor_finishes_a_killed_
 
                 async def rendering():
                     return any(j.step >= 2 for j in await store.running())
-                await until(rendering, 60, "a render to be under way")
+                await eventually(rendering, 60, "a render to be under way")
                 victim.send_signal(signal.SIGKILL)
                 killed_at = time.monotonic()
                 victim.wait(10)
@@ -111,16 +100,16 @@ async def test_two_replicas_share_the_shards_and_the_survivor_finishes_a_killed_
                     times = [r.time for r in fake.requests
                              if r.time > killed_at and any(t in r.path for t in tokens)]
                     return min(times) if times else None
-                first_edit = await until(survivor_edit, 30, "the survivor to edit the victim's statuses")
+                first_edit = await eventually(survivor_edit, 30, "the survivor to edit the victim's statuses")
                 def shard_taken_over():
                     conn = fake._connection_for(fake.guild_id)
                     return conn is not None and conn.session.id != victims_session
-                await until(shard_taken_over, 30, "the survivor to connect the victim's shard")
+                await eventually(shard_taken_over, 30, "the survivor to connect the victim's shard")
                 shard_taken = time.monotonic()
                 carol = fake.add_member("carol")
                 asked.append(await animate(carol, fake.guild_id, fake.channel_id, "leaves after the takeover"))
-                await until(lambda: all(any(m.attachments for m in i.followups) for i in asked), 150,
-                            "every job's result")
+                await eventually(lambda: all(any(m.attachments for m in i.followups) for i in asked), 150,
+                                 "every job's result")
                 print(f"takeover after SIGKILL (lease {LEASE_S:g} s): statuses {first_edit - killed_at:.2f} s, "
                       f"shard connected {shard_taken - killed_at:.2f} s")
                 assert first_edit - killed_at <= LEASE_S + 1.0   # the lease, and the first edit after the takeover

@@ -19,8 +19,7 @@ from engine.config import parse_config
 from engine.errors import UserError
 from engine.logs import REDACTED, log_context, make_handler
 from tests.fakes.telegram_server import FakeTelegram
-from tests.harness import config_document, write_config
-from tests.test_bot_process import until
+from tests.harness import config_document, eventually, write_config
 from tests.test_config import refusal, run
 from tests.test_health import get
 from tests.test_startup_faults import BotProcess, free_port, telegram_serves
@@ -48,7 +47,7 @@ async def log_says(read, text: str, timeout: float = 40.0) -> None:
     one more process on it.)"""
     async def check():
         return text in read()
-    await until(check, timeout)
+    await eventually(check, timeout, every=0.1)
 
 
 async def test_a_bot_and_its_worker_log_one_json_object_a_line_and_never_a_token(tmp_path: Path):
@@ -177,7 +176,7 @@ async def test_a_worker_started_by_hand_logs_json_and_is_alive_while_it_loads_it
         async def alive():
             assert worker.poll() is None, log_path.read_text()
             return await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
-        await until(alive, timeout=15)
+        await eventually(alive, 15, every=0.1)
         assert await asyncio.to_thread(get, port, "/readyz") == (200, '{"ready": true}\n')
         status, metrics = await asyncio.to_thread(get, port, "/metrics")
         assert status == 200 and "process_resident_memory_bytes" in metrics

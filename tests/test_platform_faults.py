@@ -20,21 +20,13 @@ import pytest
 from engine.jobs import JobState
 from tests.fakes.discord_server import FakeDiscord, InteractionRecord
 from tests.fakes.telegram_server import CONFLICT, FakeTelegram
-from tests.harness import make_config, photo_bytes, running_stack
+from tests.harness import eventually, make_config, photo_bytes, running_stack
 from tests.test_discord_bot import animate, bot_config, has_video, result_of, running_bot
 from tests.test_telegram_bot import telegram_front
 
 pytestmark = pytest.mark.timeout(60)
 
 RENDER = {"engine": {"step_delay_s": 0.2}, "presets": {"quick": {"steps": 8}}}   # about 2 s a job
-
-
-async def eventually(check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def answered(fake: FakeDiscord, interaction: InteractionRecord, text: str) -> None:

@@ -7,9 +7,9 @@ import pytest
 
 from engine.jobs import JobState
 from tests.fakes.discord_server import FakeDiscord
-from tests.harness import photo_bytes
+from tests.harness import eventually, photo_bytes
 from tests.test_discord_bot import ORIGINAL, bot_config, has_video, result_of, running_bot
-from tests.test_telegram_bot import _delivered, eventually, preview_edits, telegram_bot
+from tests.test_telegram_bot import _delivered, preview_edits, telegram_bot
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -101,7 +101,7 @@ async def test_telegram_spoiler_chat_gets_spoilers_on_the_status_and_the_video(t
         assert str(status.params["has_spoiler"]).lower() == "true"
         assert fake.message(chat.id, upload.result["message_id"]).has_spoiler
         [job] = await env.jobs()
-        job = await eventually(lambda: _delivered(env, job.id))
+        job = await eventually(lambda: _delivered(env, job.id), 10, every=0.02)
         assert job.verdict == "flagged" and job.safety_rule == "spoiler"
 
 

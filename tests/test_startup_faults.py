@@ -19,8 +19,8 @@ from engine.jobs import JobState
 from engine.queue.sqlite_store import SQLiteStore
 from tests.fakes.discord_server import API_PREFIX, FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram
-from tests.harness import config_document, photo_bytes, write_config
-from tests.test_bot_process import until, worker_pid
+from tests.harness import config_document, eventually, photo_bytes, write_config
+from tests.test_bot_process import worker_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(150)
@@ -93,7 +93,7 @@ async def log_shows(bot: BotProcess, predicate, timeout: float = 60.0):
     async def check():
         assert bot.proc.poll() is None, f"bot exited with {bot.proc.returncode}:\n{bot.log()[-3000:]}"
         return predicate()
-    return await until(check, timeout)
+    return await eventually(check, timeout, every=0.1)
 
 
 async def telegram_serves(fake: FakeTelegram) -> None:
@@ -126,7 +126,7 @@ async def test_unreachable_platforms_are_retried_with_capped_backoff_and_served_
                      TELEGRAM_TOKEN=TG_TOKEN, DISCORD_TOKEN=DC_TOKEN)
     try:
         # Neither platform answers, and still the worker loads and the process keeps going.
-        await until(lambda: worker_pid(bot.store))
+        await eventually(lambda: worker_pid(bot.store), 60, every=0.1)
         await log_shows(bot, lambda: len(bot.retries("telegram")) >= 4 and len(bot.retries("discord")) >= 4)
         for name, problem in (("telegram", "NetworkError"), ("discord", "ClientConnectorError")):
             tries = bot.retries(name)
@@ -234,14 +234,14 @@ async def test_a_killed_bot_takes_its_worker_with_it_and_the_next_bot_gets_the_l
         cfg = bot_config(tmp_path, telegram_port=tfake.port, quick_steps=10, step_delay_s=0.3)
         first = BotProcess(tmp_path, cfg, "first.log", TELEGRAM_TOKEN=TG_TOKEN)
         try:
-            worker = await until(lambda: worker_pid(first.store))
+            worker = await eventually(lambda: worker_pid(first.store), 60, every=0.1)
             alice = tfake.user("Alice", language_code="en")
             tfake.send_photo(tfake.private_chat(alice), alice, photo_bytes(), caption="/animate a cat turning")
 
             async def rendering():
                 _, jobs = await store_state(first.store)
                 return any(j.state == JobState.RUNNING and j.step >= 1 for j in jobs)
-            await until(rendering)
+            await eventually(rendering, 60, every=0.1)
             first.proc.kill()
             first.proc.wait()
             killed_at = time.monotonic()
@@ -260,7 +260,7 @@ async def test_a_killed_bot_takes_its_worker_with_it_and_the_next_bot_gets_the_l
 
         second = BotProcess(tmp_path, cfg, "second.log", TELEGRAM_TOKEN=TG_TOKEN)
         try:
-            assert await until(lambda: worker_pid(second.store)) != worker
+            assert await eventually(lambda: worker_pid(second.store), 60, every=0.1) != worker
             await tfake.wait_for(lambda: [c for c in tfake.calls_to("sendVideo") if c.ok], 60)
             code = await asyncio.to_thread(second.stop)
         finally:

@@ -37,7 +37,7 @@ from engine.queue.service import JobService
 from engine.queue.sqlite_store import SQLiteStore
 from engine.queue.store import Limits
 from tests.fakes.telegram_server import FakeTelegram
-from tests.harness import config_document, make_config, photo_bytes, running_stack, write_config
+from tests.harness import config_document, eventually, make_config, photo_bytes, running_stack, write_config
 from tests.redis_server import RedisServer, running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,14 +47,6 @@ pytestmark = pytest.mark.timeout(90)
 
 
 # ---------------------------------------------------------------- helpers
-
-
-async def eventually(check, timeout: float = 20.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(every)
-    return value
 
 
 def store_lines(caplog, text: str) -> list[str]:

@@ -25,7 +25,7 @@ from engine.jobs import Job, JobState
 from engine.media.video import probe_mp4, write_mp4
 from engine.prompts import load_templates
 from tests.fakes.telegram_server import Call, FakeTelegram
-from tests.harness import Stack, make_config, photo_bytes, running_stack
+from tests.harness import Stack, eventually, make_config, photo_bytes, running_stack
 
 torch.set_num_threads(1)
 MB = 1024 * 1024
@@ -96,20 +96,11 @@ def text_of(message) -> str | None:
     return message.text if message.text is not None else message.caption
 
 
-async def eventually(check, timeout: float = 10.0):
-    """Poll an async check (store state changes do not wake the fake's wait_for) until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := await check()):
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-    return value
-
-
 async def settle(stack: Stack, timeout: float = 10.0) -> None:
     """Wait until every finished job's outcome is posted, so closing cancels no follower mid-write."""
     async def settled() -> bool:
         return all(j.delivered for j in await stack.service.store.jobs() if j.state.final)
-    await eventually(settled, timeout)
+    await eventually(settled, timeout, every=0.02)
 
 
 def _enough(calls: list[Call], count: int) -> list[Call] | None:
@@ -183,7 +174,7 @@ async def test_captioned_photo_becomes_a_video_reply_in_the_users_language(tmp_p
 
         # The result replaces the status message; the store knows where the result is.
         await fake.wait_for(lambda: fake.message(chat.id, status_call.result["message_id"]).deleted)
-        job = await eventually(lambda: _delivered(env, job.id))
+        job = await eventually(lambda: _delivered(env, job.id), 10, every=0.02)
         assert job.state == JobState.DONE and job.user == f"telegram:{alice.id}"
         assert json.loads(job.status_ref)["result"] == upload.result["message_id"]
     assert fake.token not in caplog.text and fake.token.split(":")[1] not in caplog.text
@@ -521,7 +512,7 @@ async def test_flood_wait_on_an_edit_is_waited_out(tmp_path, tiny_parts):
         after = [c for c in edits[1:] if c.ok]
         assert after and after[0].time - edits[0].time >= 1.0
         [job] = await env.jobs()
-        assert await eventually(lambda: _delivered(env, job.id))
+        assert await eventually(lambda: _delivered(env, job.id), 10, every=0.02)
 
 
 async def test_edits_in_a_group_stay_apart_across_jobs(tmp_path, tiny_parts):
@@ -637,4 +628,4 @@ async def test_previews_under_flood_control_are_skipped_and_the_video_is_not_del
         assert len(refused) == 1 and refused[0].status == 429   # skipped while told to wait, not queued
         assert upload.time - refused[0].time < 60
         assert replied_to(upload) is not None
-        assert await eventually(lambda: _delivered(env, job.id))
+        assert await eventually(lambda: _delivered(env, job.id), 10, every=0.02)

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from engine.config import Config
 from engine.queue.redis_store import RedisStore
 from engine.queue.service import JobService
 from tests.fakes.telegram_server import Call, ChatMessage, FakeTelegram
-from tests.harness import config_document, make_config, photo_bytes, write_config
+from tests.harness import config_document, eventually, make_config, photo_bytes, write_config
 from tests.redis_server import free_port, running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,15 +47,6 @@ STEP_DELAY_S = 0.25          # a render takes about 3 s: a kill lands in the mid
 SECRET = "replica-test-secret"
 HOOK_PATH = "/telegram-hook"
 STATUS_EDITS = ("editMessageText", "editMessageCaption", "editMessageMedia", "deleteMessage")
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := await check():
-            return result
-        await asyncio.sleep(every)
-    raise TimeoutError(f"not in {timeout:.0f} s: {what}")
 
 
 class Cluster:
@@ -397,9 +388,9 @@ async def test_a_poller_that_lost_its_hold_stops_polling(tmp_path):
             await fake.wait_for(lambda: replies_to(fake, "sendMessage", ask), 10)
 
             await replicas[0].stop()   # a's heartbeat stalls: its hold expires, b polls
-            await eventually(lambda: asyncio.sleep(0, b.polling), 5, "the standby polling")
+            await eventually(lambda: b.polling, 5, "the standby polling")
             await replicas[0].renew()   # a's next beat: the hold is b's now
-            await eventually(lambda: asyncio.sleep(0, not a.polling), 5, "the old poller stopped")
+            await eventually(lambda: not a.polling, 5, "the old poller stopped")
             conflicts = len(fake.poll_conflicts)
             later = fake.send_text(chat, alice, "/privacy")
             await fake.wait_for(lambda: replies_to(fake, "sendMessage", later), 10)

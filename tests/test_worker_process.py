@@ -15,7 +15,7 @@ from engine.config import load_config
 from engine.jobs import Done, JobState, Queued
 from engine.media.video import probe_mp4
 from engine.queue.service import JobService
-from tests.harness import TINY_PRESETS, make_config, running_stack, write_config
+from tests.harness import TINY_PRESETS, eventually, make_config, running_stack, write_config
 from tests.tiny_model import make_photo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,22 +49,12 @@ def stop(proc: subprocess.Popen) -> str:
     return proc.stdout.read() if proc.stdout else ""
 
 
-async def wait_until(fn, timeout=60.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await fn()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not reached in time")
-
-
 async def test_second_worker_on_the_same_store_refuses(tmp_path):
     cfg = config_file(tmp_path)
     first = start_worker(cfg)
     try:
         async with JobService(load_config(cfg)) as service:
-            await wait_until(lambda: service.alive_workers(), timeout=30)
+            await eventually(lambda: service.alive_workers(), timeout=30)
         second = subprocess.run([sys.executable, "-m", "engine", "worker", "--config", str(cfg)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 2
@@ -89,7 +79,7 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path):
             async def running_mid_job():
                 job = await service.get(jobs[0].id)
                 return job.state == JobState.RUNNING and job.step >= 2
-            await wait_until(running_mid_job)
+            await eventually(running_mid_job, 60)
             worker.send_signal(signal.SIGKILL)
             worker.wait(10)
             worker = start_worker(cfg)
@@ -97,7 +87,7 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path):
             async def all_final():
                 states = [(await service.get(j.id)).state for j in jobs]
                 return all(s.final for s in states)
-            await wait_until(all_final, timeout=120)
+            await eventually(all_final, timeout=120)
             finals = [await service.get(j.id) for j in jobs]
             assert [j.state for j in finals] == [JobState.DONE] * 3
             assert finals[0].attempts == 2 and finals[0].retried
@@ -121,13 +111,13 @@ async def test_cancel_of_a_running_job_stops_within_a_step(tmp_path):
             async def rendering():
                 j = await service.get(job.id)
                 return j.step >= 2
-            await wait_until(rendering, timeout=60)
+            await eventually(rendering, timeout=60)
             t0 = time.monotonic()
             await service.cancel(job.id, by_user="u")
 
             async def cancelled():
                 return (await service.get(job.id)).state == JobState.CANCELLED
-            await wait_until(cancelled, timeout=10, interval=0.01)
+            await eventually(cancelled, timeout=10, every=0.01)
             # One step in flight, plus the worker's progress poll (0.25 s), plus a write.
             assert time.monotonic() - t0 < step_s + 0.6
             final = await service.get(job.id)
