@@ -5,7 +5,7 @@ Several `python -m bot` replicas may share a Redis store. Whatever only one of t
 three quarters of it (so three heartbeats in a row may be missed):
 
     follow:<platform>:<job>   following a job's status message and delivering its result
-    discord:shard:<n>         a Discord gateway shard (bot/discord/shards.py)
+    discord:shard:<n>         a Discord gateway shard (bot/discord/app.py)
     discord:member:<id>       a replica that runs Discord (how many share the shards)
     telegram:poller           the one replica that polls Telegram for updates
 

@@ -154,7 +154,8 @@ class TelegramConfig(Section):
 
 class ReplicasConfig(Section):
     # Bot replicas on one store: what each serves (the jobs it follows, Discord shards, the Telegram poller) is
-    # held in the store, renewed every quarter of this; a dead replica's is taken over within it (a hold lasts three quarters of it unrenewed, plus up to a quarter for the next heartbeat).
+    # held in the store, renewed every quarter of this; a dead replica's is taken over within it (a hold lasts
+    # three quarters of it unrenewed, plus up to a quarter for the next heartbeat).
     lease_s: Annotated[float, Field(ge=1)] = 10.0
 
 

@@ -213,7 +213,7 @@ async def _remove(front: DiscordFrontEnd, interaction: discord.Interaction, job_
     job = await front.core.remove(job_id, PLATFORM, str(interaction.user.id))
     ref = StatusRef.loads(job.status_ref) if job.status_ref else None
     if ref is not None and ref.result:
-        channel = front.rest.get_partial_messageable(ref.channel, guild_id=ref.guild)
+        channel = ref.messageable(front.rest)
         with contextlib.suppress(discord.NotFound, discord.Forbidden), rate_limited():
             await channel.get_partial_message(ref.result).delete()
     content = (interaction.message.content if interaction.message else "") + "\n" + t(

@@ -61,6 +61,10 @@ class StatusRef:
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
+    def messageable(self, client: discord.Client) -> discord.PartialMessageable:
+        """The job's channel, to post, edit and delete in through `client` (REST: no gateway needed)."""
+        return client.get_partial_messageable(self.channel, guild_id=self.guild)
+
     @classmethod
     def loads(cls, text: str) -> StatusRef | None:
         try:
@@ -110,7 +114,7 @@ class StatusMessage:
         self.locale = ref.locale
         self.upload_limit_bytes = ref.limit
         self.min_edit_interval_s = front.config.discord.edit_interval_s
-        self.__interaction = interaction
+        self._given_interaction = interaction
 
     # ---- JobUI ----
 
@@ -164,7 +168,7 @@ class StatusMessage:
         """The id of the bot's recent message in the channel carrying `filename`, or 0 (also when the channel's
         history cannot be read here: then the result is posted, perhaps a second time)."""
         rest = self.front.rest
-        channel = rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+        channel = self.ref.messageable(rest)
         try:
             with rate_limited():
                 async for message in channel.history(limit=RESULT_LOOKBACK):
@@ -182,14 +186,14 @@ class StatusMessage:
     def _interaction(self) -> discord.Interaction | None:
         """The interaction object while its gateway client runs here; after that (its shard moved to another
         replica) edits go by the stored token through the REST client."""
-        interaction = self.__interaction
+        interaction = self._given_interaction
         if interaction is not None and interaction.client.is_closed():
-            self.__interaction = interaction = None
+            self._given_interaction = interaction = None
         return interaction
 
     @_interaction.setter
     def _interaction(self, value: discord.Interaction | None) -> None:
-        self.__interaction = value
+        self._given_interaction = value
 
     def _token_alive(self) -> bool:
         return bool(self.ref.token) and time.time() - self.ref.at < self.front.interaction_ttl_s
@@ -223,7 +227,7 @@ class StatusMessage:
         await self._save_ref()
 
     async def _channel_edit(self, fields: dict[str, Any]) -> None:
-        channel = self.front.rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+        channel = self.ref.messageable(self.front.rest)
         with rate_limited():
             if self.ref.channel_message:
                 try:
@@ -254,7 +258,7 @@ class StatusMessage:
                     raise
                 await self._token_expired()
             file.reset()
-        channel = self.front.rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+        channel = self.ref.messageable(self.front.rest)
         with rate_limited():
             posted = await channel.send(file=file, nonce=f"{self.job_id}v", **send)
         return posted.id
@@ -263,7 +267,7 @@ class StatusMessage:
         """The status message has done its job once the result is up (a missing one is fine)."""
         with contextlib.suppress(discord.NotFound, discord.Forbidden), rate_limited():
             if self.ref.channel_message:
-                channel = self.front.rest.get_partial_messageable(self.ref.channel, guild_id=self.ref.guild)
+                channel = self.ref.messageable(self.front.rest)
                 await channel.get_partial_message(self.ref.channel_message).delete()
             elif self._token_alive() and (self._interaction is not None or self.ref.message):
                 # A deferred response never edited (its first edit failed) is filled by the first followup:

@@ -227,10 +227,10 @@ class TelegramFrontEnd:
     async def _stop_polling(self) -> None:
         try:
             async with self._poll_lock:
-                app = self.app
-                if app is not None and app.updater is not None and app.updater.running:
+                if self.polling:
+                    assert self.app is not None and self.app.updater is not None
                     with contextlib.suppress(Exception):
-                        await app.updater.stop()
+                        await self.app.updater.stop()
                     log.warning("telegram: stopped polling; another replica polls now")
         finally:
             self._poll_stopping = None

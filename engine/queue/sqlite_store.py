@@ -590,11 +590,15 @@ class SQLiteStore:
         async def tx():
             now = time.time()
             await self.db.execute("DELETE FROM notes WHERE expires_at<=?", (now,))   # notes are few and short
-            conflict = "NOTHING" if only_new else "UPDATE SET value=excluded.value, expires_at=excluded.expires_at"
-            cur = await self.db.execute(f"INSERT INTO notes(key, value, expires_at) VALUES(?, ?, ?) "
-                                        f"ON CONFLICT(key) DO {conflict} RETURNING key", (key, value, now + ttl_s))
-            return await cur.fetchone() is not None
+            return await self._set_note(key, value, now + ttl_s, only_new)
         return await self._write(tx)
+
+    async def _set_note(self, key: str, value: str, expires_at: float, only_new: bool = False) -> bool:
+        """Write a note (with only_new, only where no note has that key); True if written."""
+        conflict = "NOTHING" if only_new else "UPDATE SET value=excluded.value, expires_at=excluded.expires_at"
+        cur = await self.db.execute(f"INSERT INTO notes(key, value, expires_at) VALUES(?, ?, ?) "
+                                    f"ON CONFLICT(key) DO {conflict} RETURNING key", (key, value, expires_at))
+        return await cur.fetchone() is not None
 
     async def take_note(self, key: str) -> str | None:
         async def tx():
@@ -626,6 +630,4 @@ class SQLiteStore:
         return float(row[0]) if row else 0.0
 
     async def _set_turn(self, key: str, at: float) -> None:
-        await self.db.execute(
-            "INSERT INTO notes(key, value, expires_at) VALUES(?, ?, ?) ON CONFLICT(key) DO UPDATE "
-            "SET value=excluded.value, expires_at=excluded.expires_at", (f"turn:{key}", repr(at), at + TURN_KEEP_S))
+        await self._set_note(f"turn:{key}", repr(at), at + TURN_KEEP_S)
